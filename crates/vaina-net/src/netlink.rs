@@ -295,6 +295,11 @@ impl Netlink {
             .await
     }
 
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).down().build(), index, "down")
+            .await
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         self.set(LinkUnspec::new_with_index(index).mtu(mtu).build(), index, "mtu")
             .await

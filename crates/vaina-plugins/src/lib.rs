@@ -1,14 +1,17 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! vaina's CNI plugins, as libraries; `src/bin/` holds their thin mains
+//! (`vaina-bridge`, `vaina-host-local`, `vaina-loopback`, `vaina-portmap`).
+//!
+//! - [`bridge`]: node bridge + veth per pod, IPAM delegated, gateway, masquerade.
+//! - [`host_local`]: the host-local IPAM plugin over `vaina-ipam`'s disk store.
+//! - [`loopback`]: `lo` up in the pod.
+//! - [`portmap`]: hostPort → pod DNAT with nftables.
+//! - [`defaults`]: the network a node gets when it has no CNI config.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod bridge;
+mod common;
+pub mod defaults;
+pub mod host_local;
+pub mod loopback;
+pub mod portmap;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use common::veth_name;
