@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::{RangeSet, canonical_ip, ip_to_u128, same_family, u128_to_ip};
+use crate::config::{Range, RangeSet, canonical_ip, ip_to_u128, u128_to_ip};
 use crate::store::{Store, StoreError};
 
 /// The address given to an attachment from one range set.
@@ -250,7 +250,7 @@ fn allocate_in_set<S: Store + ?Sized>(
     let mut candidates = RangeIter::new(set, store.last_reserved_ip(index)?);
     while let Some((ip, range)) = candidates.next_candidate() {
         if store.reserve(id, ifname, ip, index)? {
-            return Ok(allocation(ip, range, set.ranges()[candidates.range].gateway));
+            return Ok(allocation(ip, range.subnet, range.gateway));
         }
     }
     Err(AllocError::Exhausted {
@@ -260,7 +260,8 @@ fn allocate_in_set<S: Store + ?Sized>(
 
 fn allocation(ip: IpAddr, subnet: IpNet, gateway: IpAddr) -> Allocation {
     Allocation {
-        address: IpNet::new(ip, subnet.prefix_len()).expect("prefix length comes from a valid subnet"),
+        address: IpNet::new(ip, subnet.prefix_len())
+            .expect("prefix length comes from a valid subnet"),
         gateway: Some(gateway),
     }
 }
@@ -300,10 +301,10 @@ impl<'a> RangeIter<'a> {
         }
     }
 
-    /// The next candidate and its range's subnet, or `None` once every
-    /// address has been offered.
-    fn next_candidate(&mut self) -> Option<(IpAddr, IpNet)> {
-        let ranges = self.set.ranges();
+    /// The next candidate and its range, or `None` once every address has
+    /// been offered.
+    fn next_candidate(&mut self) -> Option<(IpAddr, &'a Range)> {
+        let ranges: &'a [Range] = self.set.ranges();
         loop {
             let next = match self.cur {
                 None => {
@@ -329,9 +330,8 @@ impl<'a> RangeIter<'a> {
             self.cur = Some(next);
             let range = &ranges[self.range];
             let ip = u128_to_ip(next, range.range_start);
-            debug_assert!(same_family(ip, range.gateway));
             if ip != range.gateway {
-                return Some((ip, range.subnet));
+                return Some((ip, range));
             }
         }
     }

@@ -97,7 +97,10 @@ pub enum RangeError {
         first.subnet,
         second.subnet
     )]
-    Overlap { first: Range, second: Range },
+    Overlap {
+        first: Box<Range>,
+        second: Box<Range>,
+    },
 }
 
 /// Why a network config cannot be used by host-local.
@@ -143,8 +146,8 @@ pub enum ConfigError {
     RangeSetsOverlap {
         first: usize,
         second: usize,
-        first_range: Range,
-        second_range: Range,
+        first_range: Box<Range>,
+        second_range: Box<Range>,
     },
     #[error("CNI version {version:?} does not support more than 1 address per family")]
     TooManyAddresses { version: String },
@@ -170,13 +173,17 @@ impl IpamConfig {
             .and_then(Value::as_str)
             .unwrap_or_default();
 
-        let mut requested_ips: Vec<IpAddr> = cni_args_ips.iter().map(|ip| canonical_ip(*ip)).collect();
+        let mut requested_ips: Vec<IpAddr> =
+            cni_args_ips.iter().map(|ip| canonical_ip(*ip)).collect();
         let cni_ips = args.cni.and_then(|cni| cni.ips).unwrap_or_default();
         for (i, value) in cni_ips.iter().enumerate() {
             requested_ips.push(parse_requested_ip(|| format!("args.cni.ips[{i}]"), value)?);
         }
         for (i, value) in runtime.ips.iter().flatten().enumerate() {
-            requested_ips.push(parse_requested_ip(|| format!("runtimeConfig.ips[{i}]"), value)?);
+            requested_ips.push(parse_requested_ip(
+                || format!("runtimeConfig.ips[{i}]"),
+                value,
+            )?);
         }
 
         // (field prefix for messages, raw ranges) in the reference's order.
@@ -219,8 +226,8 @@ impl IpamConfig {
                     return Err(ConfigError::RangeSetsOverlap {
                         first,
                         second,
-                        first_range,
-                        second_range,
+                        first_range: Box::new(first_range),
+                        second_range: Box::new(second_range),
                     });
                 }
             }
@@ -244,7 +251,10 @@ impl IpamConfig {
                 .filter(|dir| !dir.is_empty())
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned())
                 .into(),
-            resolv_conf: ipam.resolv_conf.filter(|p| !p.is_empty()).map(PathBuf::from),
+            resolv_conf: ipam
+                .resolv_conf
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             requested_ips,
         })
     }
@@ -340,8 +350,8 @@ impl RangeSet {
         for (i, a) in ranges.iter().enumerate() {
             if let Some(b) = ranges[i + 1..].iter().find(|b| a.overlaps(b)) {
                 return Err(RangeError::Overlap {
-                    first: *a,
-                    second: *b,
+                    first: Box::new(*a),
+                    second: Box::new(*b),
                 });
             }
         }
@@ -366,13 +376,9 @@ impl RangeSet {
     }
 
     fn overlap(&self, other: &RangeSet) -> Option<(Range, Range)> {
-        self.0.iter().find_map(|a| {
-            other
-                .0
-                .iter()
-                .find(|b| a.overlaps(b))
-                .map(|b| (*a, *b))
-        })
+        self.0
+            .iter()
+            .find_map(|a| other.0.iter().find(|b| a.overlaps(b)).map(|b| (*a, *b)))
     }
 }
 
@@ -457,11 +463,13 @@ fn build_range_set(index: usize, prefix: &str, raw: &[RawRange]) -> Result<Range
             _ => format!("{prefix}[{i}].{name}"),
         };
         let subnet = match range.subnet.as_deref() {
-            Some(value) => value.parse::<IpNet>().map_err(|source| ConfigError::InvalidCidr {
-                field: field("subnet"),
-                value: value.to_owned(),
-                source,
-            })?,
+            Some(value) => value
+                .parse::<IpNet>()
+                .map_err(|source| ConfigError::InvalidCidr {
+                    field: field("subnet"),
+                    value: value.to_owned(),
+                    source,
+                })?,
             None => {
                 return Err(ConfigError::MissingField {
                     field: field("subnet"),
@@ -483,12 +491,16 @@ fn build_range_set(index: usize, prefix: &str, raw: &[RawRange]) -> Result<Range
 
 fn build_route(i: usize, raw: RawRoute) -> Result<Route, ConfigError> {
     let field = |name: &str| format!("ipam.routes[{i}].{name}");
-    let dst = raw.dst.ok_or_else(|| ConfigError::MissingField { field: field("dst") })?;
-    let dst = dst.parse::<IpNet>().map_err(|source| ConfigError::InvalidCidr {
+    let dst = raw.dst.ok_or_else(|| ConfigError::MissingField {
         field: field("dst"),
-        value: dst.clone(),
-        source,
     })?;
+    let dst = dst
+        .parse::<IpNet>()
+        .map_err(|source| ConfigError::InvalidCidr {
+            field: field("dst"),
+            value: dst.clone(),
+            source,
+        })?;
     let gw = match raw.gw.as_deref() {
         None | Some("") => None,
         Some(value) => Some(parse_ip(|| field("gw"), value)?),

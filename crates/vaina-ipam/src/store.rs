@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -156,7 +156,11 @@ impl DiskStore {
             return Err(StoreError::InvalidNetworkName(network.to_owned()));
         }
         let dir = data_dir.as_ref().join(network);
-        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(io_error("create", &dir))?;
         Ok(DiskStore { dir })
     }
 
@@ -220,7 +224,8 @@ impl Store for DiskStore {
     /// hard-linked to its final name: link(2) fails with EEXIST if the
     /// address is taken, and a crash leaves at worst a stray temporary file,
     /// never a reservation with partial contents (the reference creates the
-    /// final name with O_EXCL and then writes into it).
+    /// final name with O_EXCL and then writes into it). The directory is not
+    /// synced: after a power loss the reservation may be gone, not torn.
     fn reserve(
         &self,
         id: &str,
@@ -324,7 +329,7 @@ impl Store for DiskStore {
     }
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         action,
         path: path.to_owned(),
