@@ -296,13 +296,21 @@ impl Netlink {
     }
 
     pub async fn set_down(&self, index: u32) -> Result<()> {
-        self.set(LinkUnspec::new_with_index(index).down().build(), index, "down")
-            .await
+        self.set(
+            LinkUnspec::new_with_index(index).down().build(),
+            index,
+            "down",
+        )
+        .await
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        self.set(LinkUnspec::new_with_index(index).mtu(mtu).build(), index, "mtu")
-            .await
+        self.set(
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+            index,
+            "mtu",
+        )
+        .await
     }
 
     pub async fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
@@ -407,7 +415,10 @@ impl Netlink {
         {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(request(format!("add address {addr} to interface {index}"), e)),
+            Err(e) => Err(request(
+                format!("add address {addr} to interface {index}"),
+                e,
+            )),
         }
     }
 
@@ -420,9 +431,7 @@ impl Netlink {
         msg.attributes.push(AddressAttribute::Address(addr.addr()));
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
             Err(e) => Err(request(format!("delete address {addr}"), e)),
         }
     }

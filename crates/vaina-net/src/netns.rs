@@ -62,7 +62,10 @@ impl Netns {
         let path = path.as_ref();
         let file = File::open(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => NetnsError::NotFound { path: path.into() },
-            _ => NetnsError::Open { path: path.into(), source },
+            _ => NetnsError::Open {
+                path: path.into(),
+                source,
+            },
         })?;
         let ns = Netns { fd: file.into() };
         if !ns.is_netns() {
@@ -110,7 +113,11 @@ impl Netns {
     /// The file is created if missing; on failure nothing is left at `path`.
     pub fn pin(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let mount_err = |op, source| NetnsError::Mount { op, path: path.into(), source };
+        let mount_err = |op, source| NetnsError::Mount {
+            op,
+            path: path.into(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| mount_err("create directory for", e))?;
         }
@@ -140,19 +147,30 @@ impl Netns {
         match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINVAL) => {}
             Err(e) => {
-                return Err(NetnsError::Mount { op: "unmount", path: path.into(), source: e.into() });
+                return Err(NetnsError::Mount {
+                    op: "unmount",
+                    path: path.into(),
+                    source: e.into(),
+                });
             }
         }
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(NetnsError::Mount { op: "remove pin of", path: path.into(), source: e }),
+            Err(e) => Err(NetnsError::Mount {
+                op: "remove pin of",
+                path: path.into(),
+                source: e,
+            }),
         }
     }
 
     /// True when both handles name the same namespace (same nsfs inode).
     pub fn same_as(&self, other: &Netns) -> bool {
-        match (nix::sys::stat::fstat(&self.fd), nix::sys::stat::fstat(&other.fd)) {
+        match (
+            nix::sys::stat::fstat(&self.fd),
+            nix::sys::stat::fstat(&other.fd),
+        ) {
             (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
             _ => false,
         }
@@ -160,7 +178,9 @@ impl Netns {
 
     /// The namespace's inode number, as `ip netns identify` and `lsns` show it.
     pub fn inode(&self) -> u64 {
-        nix::sys::stat::fstat(&self.fd).map(|s| s.st_ino).unwrap_or(0)
+        nix::sys::stat::fstat(&self.fd)
+            .map(|s| s.st_ino)
+            .unwrap_or(0)
     }
 
     fn is_netns(&self) -> bool {

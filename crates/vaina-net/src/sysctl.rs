@@ -27,7 +27,11 @@ fn path(key: &str) -> PathBuf {
 pub fn get(key: &str) -> Result<String, SysctlError> {
     std::fs::read_to_string(path(key))
         .map(|s| s.trim().to_string())
-        .map_err(|source| SysctlError { op: "read", key: key.into(), source })
+        .map_err(|source| SysctlError {
+            op: "read",
+            key: key.into(),
+            source,
+        })
 }
 
 /// Writes `value` unless the key already holds it (a write costs a syscall and, for some
@@ -36,8 +40,11 @@ pub fn set(key: &str, value: &str) -> Result<(), SysctlError> {
     if get(key).ok().as_deref() == Some(value) {
         return Ok(());
     }
-    std::fs::write(path(key), value)
-        .map_err(|source| SysctlError { op: "write", key: key.into(), source })
+    std::fs::write(path(key), value).map_err(|source| SysctlError {
+        op: "write",
+        key: key.into(),
+        source,
+    })
 }
 
 /// The key of a per-interface setting, e.g. `iface_key("ipv4", "cni0", "route_localnet")`.

@@ -134,7 +134,7 @@ impl Plugin for Portmap {
                 ifname,
             })
             .collect();
-        portmap::gc(&atts).map_err(|e| CniError::io(error_chain(&e)))?;
+        portmap::gc(&conf.name, &atts).map_err(|e| CniError::io(error_chain(&e)))?;
         Ok(())
     }
 }

@@ -27,6 +27,12 @@ pub struct Node {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Node {
     pub fn new() -> Node {
         let ns = Netns::create().expect("create node netns");

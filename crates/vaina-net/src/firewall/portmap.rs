@@ -1,0 +1,583 @@
+//! Host ports for the `portmap` plugin: connections to a local address of the node on a
+//! host port are DNATed to the pod.
+//!
+//! ```text
+//! table inet vaina_hostport {
+//!     map ports { type inet_proto . inet_service : verdict; elements = { tcp . 8080 : jump p-… } }
+//!     set snat4 { type ipv4_addr . ipv4_addr; elements = { 127.0.0.1 . 10.88.0.2, 10.88.0.2 . 10.88.0.2 } }
+//!     set snat6 { type ipv6_addr . ipv6_addr; }
+//!     chain prerouting { type nat hook prerouting priority dstnat; fib daddr type local jump hostports }
+//!     chain output     { type nat hook output priority -100;      fib daddr type local jump hostports }
+//!     chain hostports  { meta l4proto . th dport vmap @ports }
+//!     chain postrouting {
+//!         type nat hook postrouting priority srcnat;
+//!         ct status dnat ip saddr . ip daddr @snat4 masquerade
+//!         ct status dnat ip6 saddr . ip6 daddr @snat6 masquerade
+//!     }
+//!     chain p-… {                                  # one per attachment
+//!         meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.2:80 comment "net/ctr/eth0"
+//!         ip daddr 127.0.0.1 tcp dport 8081 dnat ip to 10.88.0.2:81 comment "net/ctr/eth0"
+//!     }
+//! }
+//! ```
+//!
+//! Limitations, as in the reference plugin:
+//! - A host port (protocol and port) leads to one attachment: if two claim it, the last
+//!   ADD wins, and the earlier one's DEL leaves the winner's mapping alone. Mappings of one
+//!   attachment that differ only in host IP do coexist (they share its chain).
+//! - Only the first pod address of each family is a DNAT target (DNAT ends the chain). A
+//!   mapping whose `hostIP` is of a family the pod has no address in is skipped.
+//! - The node reaching a host port through `127.0.0.1` needs `route_localnet` on the
+//!   bridge ([`localnet_sysctl`]); there is no IPv6 equivalent, so `::1` does not work.
+//!
+//! Addresses shared by two attachments (overlapping subnets of two networks) share their
+//! `snat4`/`snat6` elements: the first DEL removes them for both.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use nftables::expr::{CT, Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression};
+use nftables::schema::{NfListObject, SetType, SetTypeValue};
+use nftables::stmt::{NAT, NATFamily, Operator, Statement, VerdictMap};
+use nftables::types::NfHook;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::nft::{self, Batch, Listing};
+use super::{Attachment, FirewallError, Result, gc_table, retry};
+
+pub const TABLE: &str = "vaina_hostport";
+const PREROUTING: &str = "prerouting";
+const OUTPUT: &str = "output";
+const POSTROUTING: &str = "postrouting";
+const HOSTPORTS: &str = "hostports";
+const PORTS: &str = "ports";
+const SNAT4: &str = "snat4";
+const SNAT6: &str = "snat6";
+const CHAIN_PREFIX: &str = "p-";
+/// `NF_IP_PRI_NAT_DST` (nft's `dstnat`) and `NF_IP_PRI_NAT_SRC` (`srcnat`).
+const DSTNAT: i32 = -100;
+const SRCNAT: i32 = 100;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    #[serde(alias = "TCP")]
+    Tcp,
+    #[serde(alias = "UDP")]
+    Udp,
+    #[serde(alias = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// As nft lists it in a concatenation: a name, or the number when it has none.
+    fn from_nft(e: &Expression<'_>) -> Option<Protocol> {
+        match e {
+            Expression::String(s) => match s.as_ref() {
+                "tcp" => Some(Protocol::Tcp),
+                "udp" => Some(Protocol::Udp),
+                "sctp" => Some(Protocol::Sctp),
+                _ => None,
+            },
+            Expression::Number(6) => Some(Protocol::Tcp),
+            Expression::Number(17) => Some(Protocol::Udp),
+            Expression::Number(132) => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the CNI `portMappings` capability:
+/// `{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// Absent means tcp.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Only connections to this node address are mapped; absent, `""` or the unspecified
+    /// address means any local address of the pod's family.
+    #[serde(
+        rename = "hostIP",
+        default,
+        deserialize_with = "empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host_ip: Option<IpAddr>,
+}
+
+fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl PortMapping {
+    /// Ports must be non-zero (serde already bounds them to 16 bits).
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason| FirewallError::InvalidPortMapping {
+            mapping: self.to_string(),
+            reason,
+        };
+        if self.host_port == 0 {
+            return Err(invalid("hostPort must be between 1 and 65535"));
+        }
+        if self.container_port == 0 {
+            return Err(invalid("containerPort must be between 1 and 65535"));
+        }
+        Ok(())
+    }
+
+    /// The host address the rule matches, if any (the unspecified address matches all).
+    fn host_ip(&self) -> Option<IpAddr> {
+        self.host_ip.filter(|ip| !ip.is_unspecified())
+    }
+}
+
+/// `tcp 127.0.0.1:8080->80`, `udp [::1]:53->5353`, `tcp 8080->80`.
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", self.protocol.as_str())?;
+        match self.host_ip {
+            Some(IpAddr::V4(ip)) => write!(f, "{ip}:")?,
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            None => {}
+        }
+        write!(f, "{}->{}", self.host_port, self.container_port)
+    }
+}
+
+/// The sysctl key the plugin sets to 1 on the bridge so that DNATed packets from
+/// 127.0.0.1 may leave through it (otherwise the kernel drops them as martians).
+pub fn localnet_sysctl(ifname: &str) -> String {
+    crate::sysctl::iface_key("ipv4", ifname, "route_localnet")
+}
+
+pub(super) fn chain_name(a: &Attachment<'_>) -> String {
+    a.chain(CHAIN_PREFIX)
+}
+
+/// What ADD installs for one attachment, derived from its mappings and addresses.
+struct Plan {
+    rules: Vec<NfListObject<'static>>,
+    /// Keys of the `ports` map that jump to the attachment's chain.
+    ports: BTreeSet<(Protocol, u16)>,
+    /// Pod addresses used as DNAT targets.
+    targets: Vec<IpAddr>,
+}
+
+fn plan(a: &Attachment<'_>, chain: &str, pod_ips: &[IpAddr], maps: &[PortMapping]) -> Plan {
+    let targets: Vec<IpAddr> = [
+        pod_ips.iter().find(|ip| ip.is_ipv4()),
+        pod_ips.iter().find(|ip| ip.is_ipv6()),
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect();
+    // Mappings bound to a host address first, so they win over a catch-all for the same port.
+    let mut maps = maps.to_vec();
+    maps.sort_by_key(|m| m.host_ip().is_none());
+
+    let owner = a.to_string();
+    let mut plan = Plan {
+        rules: Vec::new(),
+        ports: BTreeSet::new(),
+        targets: Vec::new(),
+    };
+    for m in &maps {
+        for pod in &targets {
+            let host_match = match m.host_ip() {
+                Some(h) if h.is_ipv4() != pod.is_ipv4() => continue,
+                Some(h) => nft::eq(nft::ip_field(&h, "daddr"), nft::addr(h)),
+                None => nft::nfproto(pod),
+            };
+            let expr = vec![
+                host_match,
+                nft::eq(
+                    nft::meta(MetaKey::L4proto),
+                    nft::string(m.protocol.as_str()),
+                ),
+                nft::eq(
+                    nft::payload("th", "dport"),
+                    Expression::Number(m.host_port.into()),
+                ),
+                Statement::DNAT(Some(NAT {
+                    addr: Some(nft::addr(*pod)),
+                    family: Some(if pod.is_ipv4() {
+                        NATFamily::IP
+                    } else {
+                        NATFamily::IP6
+                    }),
+                    port: Some(Expression::Number(m.container_port.into())),
+                    flags: None,
+                })),
+            ];
+            plan.rules.push(nft::rule(TABLE, chain, expr, Some(&owner)));
+            plan.ports.insert((m.protocol, m.host_port));
+            if !plan.targets.contains(pod) {
+                plan.targets.push(*pod);
+            }
+        }
+    }
+    plan
+}
+
+fn port_key((proto, port): (Protocol, u16)) -> Expression<'static> {
+    nft::concat(vec![
+        nft::string(proto.as_str()),
+        Expression::Number(port.into()),
+    ])
+}
+
+fn parse_port_key(e: &Expression<'_>) -> Option<(Protocol, u16)> {
+    match e {
+        Expression::Named(NamedExpression::Concat(parts)) => match parts.as_slice() {
+            [proto, Expression::Number(port)] => {
+                Some((Protocol::from_nft(proto)?, u16::try_from(*port).ok()?))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn snat_set(pod: &IpAddr) -> &'static str {
+    if pod.is_ipv4() { SNAT4 } else { SNAT6 }
+}
+
+/// `pod . pod` (hairpin) and, for IPv4, `127.0.0.1 . pod` (the node over loopback).
+fn snat_pairs(pod: IpAddr) -> Vec<(IpAddr, IpAddr)> {
+    let mut pairs = vec![(pod, pod)];
+    if pod.is_ipv4() {
+        pairs.push((IpAddr::V4(Ipv4Addr::LOCALHOST), pod));
+    }
+    pairs
+}
+
+fn pair_expr((saddr, daddr): (IpAddr, IpAddr)) -> Expression<'static> {
+    nft::concat(vec![nft::addr(saddr), nft::addr(daddr)])
+}
+
+/// DNATs connections to the node's local addresses on each mapping's host port to the
+/// pod's first address of the matching family. With `snat`, also masquerades the node's
+/// own connections from 127.0.0.1 and the pod's connections to its own host ports
+/// (hairpin), as the reference plugin's `snat: true` does. Runs in the calling thread's
+/// netns; one `nft` run unless a host port is taken from another attachment.
+pub fn add_port_mappings(
+    a: &Attachment<'_>,
+    pod_ips: &[IpAddr],
+    maps: &[PortMapping],
+    snat: bool,
+) -> Result<()> {
+    for m in maps {
+        m.validate()?;
+    }
+    let chain = chain_name(a);
+    let plan = plan(a, &chain, pod_ips, maps);
+    if plan.rules.is_empty() {
+        return Ok(());
+    }
+    let op = || format!("add host ports for {a}");
+    let first = match nft::apply(add_batch(&chain, &plan, snat, Vec::new()), TABLE, &op) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    // The usual cause: another attachment holds one of the host ports, and `add element`
+    // with a different verdict is EEXIST. Last writer wins: take the port over.
+    let Some(listing) = nft::list_table(TABLE, &op)? else {
+        return Err(first);
+    };
+    let stale: Vec<Expression<'static>> = listing
+        .map_elems(PORTS)
+        .filter(|(k, v)| {
+            parse_port_key(k).is_some_and(|key| plan.ports.contains(&key))
+                && nft::jump_target(v) != Some(chain.as_str())
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    if stale.is_empty() {
+        return Err(first);
+    }
+    for key in &stale {
+        tracing::info!(attachment = %a, port = ?parse_port_key(key), "host port taken over from another attachment");
+    }
+    nft::apply(add_batch(&chain, &plan, snat, stale), TABLE, &op)
+}
+
+fn add_batch(chain: &str, plan: &Plan, snat: bool, stale: Vec<Expression<'static>>) -> Batch {
+    let mut batch = Batch::new();
+    skeleton(&mut batch);
+    nft::delete_elements(&mut batch, TABLE, PORTS, stale);
+    nft::reset_chain(&mut batch, nft::chain(TABLE, chain));
+    for rule in &plan.rules {
+        batch.add(rule.clone());
+    }
+    let jumps = plan
+        .ports
+        .iter()
+        .map(|key| Expression::List(vec![port_key(*key), nft::jump(chain)]));
+    nft::add_elements(&mut batch, TABLE, PORTS, jumps.collect());
+    if snat {
+        for set in [SNAT4, SNAT6] {
+            let elems = plan
+                .targets
+                .iter()
+                .filter(|pod| snat_set(pod) == set)
+                .flat_map(|pod| snat_pairs(*pod))
+                .map(pair_expr);
+            nft::add_elements(&mut batch, TABLE, set, elems.collect());
+        }
+    }
+    batch
+}
+
+/// Table, map, sets and the base chains, which are flushed and refilled so that repeated
+/// ADDs never duplicate their rules.
+fn skeleton(batch: &mut Batch) {
+    batch.add(nft::table(TABLE));
+    batch.add_verdict_map(TABLE, PORTS, &["inet_proto", "inet_service"]);
+    for (set, ty) in [(SNAT4, SetType::Ipv4Addr), (SNAT6, SetType::Ipv6Addr)] {
+        let key = SetTypeValue::Concatenated(vec![ty, ty].into());
+        batch.add(nft::set(TABLE, set, key));
+    }
+
+    nft::reset_chain(batch, nft::chain(TABLE, HOSTPORTS));
+    let vmap = Statement::VerdictMap(VerdictMap {
+        key: nft::concat(vec![
+            nft::meta(MetaKey::L4proto),
+            nft::payload("th", "dport"),
+        ]),
+        data: nft::string(format!("@{PORTS}")),
+    });
+    batch.add(nft::rule(TABLE, HOSTPORTS, vec![vmap], None));
+
+    for (name, hook) in [(PREROUTING, NfHook::Prerouting), (OUTPUT, NfHook::Output)] {
+        nft::reset_chain(batch, nft::nat_chain(TABLE, name, hook, DSTNAT));
+        let local = Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: [FibFlag::Daddr].into_iter().collect(),
+        }));
+        let expr = vec![
+            nft::eq(local, nft::string("local")),
+            nft::jump_stmt(HOSTPORTS),
+        ];
+        batch.add(nft::rule(TABLE, name, expr, None));
+    }
+
+    nft::reset_chain(
+        batch,
+        nft::nat_chain(TABLE, POSTROUTING, NfHook::Postrouting, SRCNAT),
+    );
+    for (proto, set) in [("ip", SNAT4), ("ip6", SNAT6)] {
+        let ct_status = Expression::Named(NamedExpression::CT(CT {
+            key: "status".into(),
+            family: None,
+            dir: None,
+        }));
+        let pair = nft::concat(vec![
+            nft::payload(proto, "saddr"),
+            nft::payload(proto, "daddr"),
+        ]);
+        let expr = vec![
+            nft::matches(ct_status, Operator::IN, nft::string("dnat")),
+            nft::eq(pair, nft::string(format!("@{set}"))),
+            Statement::Masquerade(None),
+        ];
+        batch.add(nft::rule(TABLE, POSTROUTING, expr, None));
+    }
+}
+
+/// Removes everything ADD installed for the attachment, with no need for its addresses:
+/// one listing and one batch. Absent rules (or no table at all) are success.
+pub fn del_port_mappings(a: &Attachment<'_>) -> Result<()> {
+    let chain = chain_name(a);
+    let op = || format!("delete host ports for {a}");
+    retry(|| {
+        let Some(listing) = nft::list_table(TABLE, &op)? else {
+            return Ok(());
+        };
+        let mut batch = Batch::new();
+        if !teardown(&listing, &chain, &mut batch) {
+            return Ok(());
+        }
+        nft::apply(batch, TABLE, &op)
+    })
+}
+
+/// Adds to `batch` the removal of `chain`, the `ports` elements jumping to it and the SNAT
+/// elements of the pod addresses its DNAT rules target; false when the listing shows
+/// neither chain nor elements.
+pub(super) fn teardown(listing: &Listing, chain: &str, batch: &mut Batch) -> bool {
+    let keys = listing.keys_jumping_to(PORTS, chain);
+    if keys.is_empty() && !listing.has_chain(chain) {
+        return false;
+    }
+    nft::remove_jumps(batch, TABLE, PORTS, keys, chain);
+    for pod in dnat_targets(listing, chain) {
+        let elems = snat_pairs(pod).into_iter().map(pair_expr).collect();
+        nft::remove_set_elements(batch, TABLE, snat_set(&pod), elems);
+    }
+    nft::delete_chain(batch, TABLE, chain);
+    true
+}
+
+fn dnat_targets(listing: &Listing, chain: &str) -> BTreeSet<IpAddr> {
+    listing
+        .rules(chain)
+        .flat_map(|r| r.expr.iter())
+        .filter_map(|stmt| match stmt {
+            Statement::DNAT(Some(NAT {
+                addr: Some(addr), ..
+            })) => nft::parse_addr(addr),
+            _ => None,
+        })
+        .collect()
+}
+
+/// CNI GC for the portmap plugin: removes the host-port chains (and their elements) of
+/// `network` whose attachment is not in `valid`. Returns the removed attachments as
+/// `network/container_id/ifname`.
+pub fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<Vec<String>> {
+    gc_table(TABLE, CHAIN_PREFIX, network, valid, teardown)
+}
+
+/// CNI CHECK: base chains, the attachment's chain and a `ports` element per mapped host
+/// port jumping to it are present; otherwise [`FirewallError::Missing`] names the first
+/// absent. SNAT elements are not checked: whether they belong depends on `snat`, which
+/// CHECK is not given, and their absence breaks only loopback and hairpin access.
+pub fn check_port_mappings(
+    a: &Attachment<'_>,
+    pod_ips: &[IpAddr],
+    maps: &[PortMapping],
+) -> Result<()> {
+    let chain = chain_name(a);
+    let plan = plan(a, &chain, pod_ips, maps);
+    if plan.rules.is_empty() {
+        return Ok(());
+    }
+    let op = || format!("check host ports for {a}");
+    let missing = |what: String| FirewallError::Missing { table: TABLE, what };
+    let listing = nft::list_table(TABLE, &op)?.ok_or_else(|| missing("the table".into()))?;
+    for base in [PREROUTING, OUTPUT, HOSTPORTS, POSTROUTING] {
+        if !listing.has_chain(base) {
+            return Err(missing(format!("chain {base}")));
+        }
+    }
+    if !listing.has_chain(&chain) {
+        return Err(missing(format!("chain {chain} of {a}")));
+    }
+    for key in &plan.ports {
+        let present = listing.map_elems(PORTS).any(|(k, v)| {
+            parse_port_key(k) == Some(*key) && nft::jump_target(v) == Some(chain.as_str())
+        });
+        if !present {
+            let (proto, port) = key;
+            return Err(missing(format!(
+                "element {} . {port} : jump {chain} of map {PORTS}",
+                proto.as_str()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cni_port_mappings() {
+        let json = r#"[
+            {"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"},
+            {"hostPort":53,"containerPort":5353,"protocol":"udp","hostIP":""},
+            {"hostPort":9000,"containerPort":9000},
+            {"hostPort":7,"containerPort":7,"protocol":"SCTP","hostIP":"::1"}
+        ]"#;
+        let maps: Vec<PortMapping> = serde_json::from_str(json).unwrap();
+        assert_eq!(maps[0].host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(maps[1].protocol, Protocol::Udp);
+        assert_eq!(maps[1].host_ip, None);
+        assert_eq!(maps[2].protocol, Protocol::Tcp);
+        assert_eq!(maps[2].host_ip, None);
+        assert_eq!(maps[3].protocol, Protocol::Sctp);
+        assert_eq!(maps[3].to_string(), "sctp [::1]:7->7");
+        assert!(
+            serde_json::from_str::<PortMapping>(r#"{"hostPort":70000,"containerPort":1}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<PortMapping>(r#"{"hostPort":1,"containerPort":1,"hostIP":"x"}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn validate_names_the_mapping() {
+        let m = PortMapping {
+            host_port: 0,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: None,
+        };
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("tcp 0->80"), "{err}");
+        let m = PortMapping {
+            host_port: 8080,
+            container_port: 0,
+            ..m
+        };
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("containerPort")
+        );
+    }
+
+    #[test]
+    fn plan_targets_first_address_per_family() {
+        let a = Attachment {
+            network: "n",
+            container_id: "c",
+            ifname: "eth0",
+        };
+        let ips: Vec<IpAddr> = ["10.0.0.2", "10.0.0.3", "fd00::2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let maps = [
+            PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: Protocol::Tcp,
+                host_ip: None,
+            },
+            PortMapping {
+                host_port: 53,
+                container_port: 53,
+                protocol: Protocol::Udp,
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+            },
+        ];
+        let p = plan(&a, "p-x", &ips, &maps);
+        // 8080 for both families, 53 only for IPv4 (its host IP is IPv4).
+        assert_eq!(p.rules.len(), 3);
+        assert_eq!(p.targets, vec![ips[0], ips[2]]);
+        assert_eq!(p.ports.len(), 2);
+    }
+}
