@@ -39,7 +39,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
             .context("executable has no directory")?
             .to_path_buf(),
     };
-    for p in ["vaina-bridge", "vaina-host-local", "vaina-loopback", "vaina-portmap"] {
+    for p in [
+        "vaina-bridge",
+        "vaina-host-local",
+        "vaina-loopback",
+        "vaina-portmap",
+    ] {
         if !plugin_dir.join(p).exists() {
             bail!(
                 "plugin {p} not found in {} (build with `cargo build --release`, or pass --plugin-dir)",
@@ -62,8 +67,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!("== vaina demo: how a node gives its pods a network ==\n");
     let node = Netns::create().context("create the node's network namespace")?;
     sh(&node, "ip link set lo up")?;
-    println!("node: a fresh network namespace (inode {}) plays the host; your machine's network is untouched", node.inode());
-    println!("CNI network \"{}\": bridge cni0, 10.88.0.0/16 from host-local IPAM, masquerade, host ports", net.name);
+    println!(
+        "node: a fresh network namespace (inode {}) plays the host; your machine's network is untouched",
+        node.inode()
+    );
+    println!(
+        "CNI network \"{}\": bridge cni0, 10.88.0.0/16 from host-local IPAM, masquerade, host ports",
+        net.name
+    );
     println!("plugins: {}\n", plugin_dir.display());
 
     let mut pods = Vec::new();
@@ -77,15 +88,25 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 serde_json::json!([{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }]),
             );
         }
-        pods.push(Pod { name, ns, id, rt, ip: None });
+        pods.push(Pod {
+            name,
+            ns,
+            id,
+            rt,
+            ip: None,
+        });
     }
 
     let result = (|| -> Result<()> {
         for pod in pods.iter_mut() {
             let before = veths(&node)?;
             let (lo_res, res) = node.run(|| -> Result<(CniResult, CniResult)> {
-                let lo_res = cni.add_network_list(&lo, &pod.rt).context("CNI ADD loopback")?;
-                let res = cni.add_network_list(&net, &pod.rt).context("CNI ADD vaina")?;
+                let lo_res = cni
+                    .add_network_list(&lo, &pod.rt)
+                    .context("CNI ADD loopback")?;
+                let res = cni
+                    .add_network_list(&net, &pod.rt)
+                    .context("CNI ADD vaina")?;
                 Ok((lo_res, res))
             })??;
             let _ = lo_res;
@@ -93,10 +114,30 @@ pub fn run(args: DemoArgs) -> Result<()> {
             let new: Vec<_> = after.iter().filter(|v| !before.contains(v)).collect();
             let ip = res.ips.first().map(|c| c.address);
             pod.ip = ip.map(|n| n.addr());
-            println!("RunPodSandbox {} (id {}): CNI ADD loopback, then bridge + host-local + portmap", pod.name, pod.id);
-            println!("  pod IP       {}", ip.map(|i| i.to_string()).unwrap_or_default());
-            println!("  gateway      {}", res.ips.first().and_then(|c| c.gateway).map(|g| g.to_string()).unwrap_or_default());
-            println!("  new veth     {} on the node (now {} veth(s) on cni0)", new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), after.len());
+            println!(
+                "RunPodSandbox {} (id {}): CNI ADD loopback, then bridge + host-local + portmap",
+                pod.name, pod.id
+            );
+            println!(
+                "  pod IP       {}",
+                ip.map(|i| i.to_string()).unwrap_or_default()
+            );
+            println!(
+                "  gateway      {}",
+                res.ips
+                    .first()
+                    .and_then(|c| c.gateway)
+                    .map(|g| g.to_string())
+                    .unwrap_or_default()
+            );
+            println!(
+                "  new veth     {} on the node (now {} veth(s) on cni0)",
+                new.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                after.len()
+            );
             println!("  inside the pod:");
             for l in sh(&pod.ns, "ip -4 -br addr show; ip -4 route show")?.lines() {
                 println!("    {l}");
@@ -129,10 +170,21 @@ pub fn run(args: DemoArgs) -> Result<()> {
         println!("pod-b -> {a_ip}:80 through cni0:        {}", reply.trim());
         let reply = node.run(|| talk("127.0.0.1:8080", "from the node"))??;
         println!("node -> 127.0.0.1:8080 (hostPort->:80): {}", reply.trim());
-        server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))??;
-        match a.ns.run(|| Command::new("ping").args(["-c", "1", "-W", "2", &b_ip.to_string()]).output())? {
-            Ok(o) if o.status.success() => println!("pod-a ping {b_ip}:                     1 packet, reply received"),
-            Ok(o) => bail!("ping from pod-a to {b_ip} failed: {}", String::from_utf8_lossy(&o.stdout)),
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        match a.ns.run(|| {
+            Command::new("ping")
+                .args(["-c", "1", "-W", "2", &b_ip.to_string()])
+                .output()
+        })? {
+            Ok(o) if o.status.success() => {
+                println!("pod-a ping {b_ip}:                     1 packet, reply received")
+            }
+            Ok(o) => bail!(
+                "ping from pod-a to {b_ip} failed: {}",
+                String::from_utf8_lossy(&o.stdout)
+            ),
             Err(_) => println!("(ping not installed: skipped the ICMP check)"),
         }
         println!();
@@ -143,8 +195,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut teardown_err = None;
     for pod in &pods {
         let r = node.run(|| -> Result<()> {
-            cni.del_network_list(&net, &pod.rt).context("CNI DEL vaina")?;
-            cni.del_network_list(&lo, &pod.rt).context("CNI DEL loopback")?;
+            cni.del_network_list(&net, &pod.rt)
+                .context("CNI DEL vaina")?;
+            cni.del_network_list(&lo, &pod.rt)
+                .context("CNI DEL loopback")?;
             Ok(())
         });
         if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {

@@ -6,7 +6,11 @@ mod demo;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vaina", version, about = "vaina: a Kubernetes node runtime, pod networking end to end")]
+#[command(
+    name = "vaina",
+    version,
+    about = "vaina: a Kubernetes node runtime, pod networking end to end"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

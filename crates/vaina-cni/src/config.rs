@@ -135,7 +135,8 @@ impl NetworkConfig {
     /// valid, type present.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
         const ORIGIN: &str = "network config";
-        let conf: Self = serde_json::from_slice(bytes).map_err(|e| ConfigError::parse(ORIGIN, e))?;
+        let conf: Self =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::parse(ORIGIN, e))?;
         check_version(ORIGIN, &conf.cni_version)?;
         check_name(ORIGIN, &conf.name)?;
         if conf.plugin_type.is_empty() {
@@ -146,7 +147,11 @@ impl NetworkConfig {
 
     /// `ipam.type`, the IPAM plugin to delegate to.
     pub fn ipam_type(&self) -> Option<&str> {
-        self.ipam.as_ref()?.get("type")?.as_str().filter(|t| !t.is_empty())
+        self.ipam
+            .as_ref()?
+            .get("type")?
+            .as_str()
+            .filter(|t| !t.is_empty())
     }
 
     /// `prevResult` typed; a result without cniVersion is read as this
@@ -154,7 +159,7 @@ impl NetworkConfig {
     pub fn prev_result(&self) -> Result<Option<CniResult>, ResultError> {
         self.prev_result
             .clone()
-            .map(|v| CniResult::from_value(v, Some(&self.cni_version)))
+            .map(|v| CniResult::from_value_or(v, &self.cni_version))
             .transpose()
     }
 
@@ -196,7 +201,9 @@ impl PluginConfig {
         let field = |f: &str| format!("plugins[{index}].{f}");
         let plugin_type = match raw.get("type") {
             Some(Value::String(t)) if !t.is_empty() => t.clone(),
-            Some(Value::String(_)) | None => return Err(ConfigError::missing(origin, field("type"))),
+            Some(Value::String(_)) | None => {
+                return Err(ConfigError::missing(origin, field("type")));
+            }
             Some(_) => return Err(ConfigError::invalid(origin, field("type"), "not a string")),
         };
         let capabilities = match raw.get("capabilities") {
@@ -266,12 +273,13 @@ fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 
 impl NetworkConfigList {
     /// Parses a `.conflist` document.
-    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ConfigError> {
         Self::parse_with_origin(bytes, "network config list")
     }
 
     fn parse_with_origin(bytes: &[u8], origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawList = serde_json::from_slice(bytes).map_err(|e| ConfigError::parse(origin, e))?;
+        let raw: RawList =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::parse(origin, e))?;
         let cni_version = if raw.cni_versions.is_empty() {
             check_version(origin, &raw.cni_version)?;
             raw.cni_version
@@ -288,7 +296,9 @@ impl NetworkConfigList {
             }
         };
         check_name(origin, &raw.name)?;
-        let raw_plugins = raw.plugins.ok_or_else(|| ConfigError::missing(origin, "plugins"))?;
+        let raw_plugins = raw
+            .plugins
+            .ok_or_else(|| ConfigError::missing(origin, "plugins"))?;
         if raw_plugins.is_empty() {
             return Err(ConfigError::invalid(origin, "plugins", "empty list"));
         }
@@ -326,12 +336,15 @@ impl NetworkConfigList {
                 list.insert(key.to_owned(), v.clone());
             }
         }
-        list.insert("plugins".to_owned(), Value::Array(vec![Value::Object(conf)]));
+        list.insert(
+            "plugins".to_owned(),
+            Value::Array(vec![Value::Object(conf)]),
+        );
         let list_bytes = serde_json::to_vec(&list).expect("JSON map serializes");
         Self::parse_with_origin(&list_bytes, origin)
     }
 
-    /// Index of the plugin of type `plugin_type`, if the list has one.
+    /// The first plugin of type `plugin_type`, if the list has one.
     pub fn plugin(&self, plugin_type: &str) -> Option<&PluginConfig> {
         self.plugins.iter().find(|p| p.plugin_type == plugin_type)
     }
@@ -437,7 +450,10 @@ pub fn check_ifname(name: &str) -> Result<(), &'static str> {
         Err("interface name is longer than 15 characters")
     } else if name == "." || name == ".." {
         Err("interface name is . or ..")
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         Err("interface name contains / or : or whitespace")
     } else {
         Ok(())
@@ -488,13 +504,19 @@ mod tests {
 
         let err = NetworkConfig::parse(b"{\"cniVersion\": \"1.0.0\",\n \"name\": }").unwrap_err();
         assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err:?}");
-        assert!(err.to_string().contains("network config at line 2"), "{err}");
+        assert!(
+            err.to_string().contains("network config at line 2"),
+            "{err}"
+        );
         assert_eq!(CniError::from(err).code, CniError::DECODE_FAILURE);
 
         let mut v = base.clone();
         v["cniVersion"] = json!("0.2.0");
         let err = conf(v).unwrap_err();
-        assert_eq!(err.to_string(), "network config: unsupported CNI version \"0.2.0\"");
+        assert_eq!(
+            err.to_string(),
+            "network config: unsupported CNI version \"0.2.0\""
+        );
         assert_eq!(CniError::from(err).code, CniError::INCOMPATIBLE_VERSION);
 
         let mut v = base.clone();
@@ -533,15 +555,21 @@ mod tests {
         }];
         assert_eq!(c.valid_attachments().unwrap(), want);
         let v = c.extra.remove(VALID_ATTACHMENTS_KEY).unwrap();
-        assert!(matches!(c.valid_attachments(), Err(ConfigError::MissingField { .. })));
+        assert!(matches!(
+            c.valid_attachments(),
+            Err(ConfigError::MissingField { .. })
+        ));
         c.extra.insert(LEGACY_ATTACHMENTS_KEY.into(), v);
         assert_eq!(c.valid_attachments().unwrap(), want);
         c.extra.insert(VALID_ATTACHMENTS_KEY.into(), json!("nope"));
-        assert!(matches!(c.valid_attachments(), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            c.valid_attachments(),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     fn list(v: Value) -> Result<NetworkConfigList, ConfigError> {
-        NetworkConfigList::parse(v.to_string().as_bytes())
+        NetworkConfigList::from_bytes(v.to_string().as_bytes())
     }
 
     #[test]
@@ -565,8 +593,10 @@ mod tests {
         assert!(!l.plugins[1].has_capability("bandwidth"));
         assert!(l.plugin("portmap").is_some());
 
-        let l = list(json!({"cniVersion": "0.4.0", "name": "n", "disableGC": true,
-                            "plugins": [{"type": "x"}]}))
+        let l = list(
+            json!({"cniVersion": "0.4.0", "name": "n", "disableGC": true,
+                            "plugins": [{"type": "x"}]}),
+        )
         .unwrap();
         assert!(l.disable_gc);
     }
@@ -581,8 +611,10 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(l.cni_version, "1.1.0");
-        let l = list(json!({"cniVersions": ["0.3.1", "0.4.0"], "name": "n", "plugins": [{"type": "x"}]}))
-            .unwrap();
+        let l = list(
+            json!({"cniVersions": ["0.3.1", "0.4.0"], "name": "n", "plugins": [{"type": "x"}]}),
+        )
+        .unwrap();
         assert_eq!(l.cni_version, "0.4.0");
         let err = list(json!({"cniVersions": ["2.0.0"], "name": "n", "plugins": [{"type": "x"}]}))
             .unwrap_err();
@@ -592,16 +624,46 @@ mod tests {
     #[test]
     fn list_validation() {
         let cases = [
-            (json!({"name": "n", "plugins": [{"type": "x"}]}), "missing cniVersion"),
-            (json!({"cniVersion": "9.0.0", "name": "n", "plugins": [{"type": "x"}]}), "unsupported CNI version \"9.0.0\""),
-            (json!({"cniVersion": "1.0.0", "plugins": [{"type": "x"}]}), "missing name"),
-            (json!({"cniVersion": "1.0.0", "name": ".n", "plugins": [{"type": "x"}]}), "invalid name"),
-            (json!({"cniVersion": "1.0.0", "name": "n"}), "missing plugins"),
-            (json!({"cniVersion": "1.0.0", "name": "n", "plugins": []}), "invalid plugins: empty list"),
-            (json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "x"}, {"bridge": "b"}]}), "missing plugins[1].type"),
-            (json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": 3}]}), "invalid plugins[0].type"),
-            (json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "x", "capabilities": [1]}]}), "invalid plugins[0].capabilities"),
-            (json!({"cniVersion": "1.0.0", "name": "n", "disableCheck": "maybe", "plugins": [{"type": "x"}]}), "failed to parse"),
+            (
+                json!({"name": "n", "plugins": [{"type": "x"}]}),
+                "missing cniVersion",
+            ),
+            (
+                json!({"cniVersion": "9.0.0", "name": "n", "plugins": [{"type": "x"}]}),
+                "unsupported CNI version \"9.0.0\"",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "plugins": [{"type": "x"}]}),
+                "missing name",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": ".n", "plugins": [{"type": "x"}]}),
+                "invalid name",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n"}),
+                "missing plugins",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n", "plugins": []}),
+                "invalid plugins: empty list",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "x"}, {"bridge": "b"}]}),
+                "missing plugins[1].type",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": 3}]}),
+                "invalid plugins[0].type",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "x", "capabilities": [1]}]}),
+                "invalid plugins[0].capabilities",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n", "disableCheck": "maybe", "plugins": [{"type": "x"}]}),
+                "failed to parse",
+            ),
         ];
         for (v, want) in cases {
             let err = list(v.clone()).unwrap_err().to_string();
@@ -630,12 +692,25 @@ mod tests {
     fn conf_dir_loading() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load_conf_dir(dir.path()).unwrap().is_empty());
-        assert!(load_conf_dir(&dir.path().join("missing")).unwrap().is_empty());
+        assert!(
+            load_conf_dir(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
 
         let write = |name: &str, body: &str| fs::write(dir.path().join(name), body).unwrap();
-        write("20-b.conflist", r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#);
-        write("10-a.conf", r#"{"cniVersion":"0.4.0","name":"a","type":"ptp"}"#);
-        write("30-c.json", r#"{"cniVersion":"1.1.0","name":"c","plugins":[{"type":"x"}]}"#);
+        write(
+            "20-b.conflist",
+            r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#,
+        );
+        write(
+            "10-a.conf",
+            r#"{"cniVersion":"0.4.0","name":"a","type":"ptp"}"#,
+        );
+        write(
+            "30-c.json",
+            r#"{"cniVersion":"1.1.0","name":"c","plugins":[{"type":"x"}]}"#,
+        );
         write("README.md", "not a config");
         write("40-d.conf.bak", "{");
         fs::create_dir(dir.path().join("50-e.conf")).unwrap();
@@ -646,16 +721,25 @@ mod tests {
             .collect();
         assert_eq!(names, ["a", "b", "c"]);
 
-        write("25-bad.conflist", "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"bad\",\n  \"plugins\": [\n");
+        write(
+            "25-bad.conflist",
+            "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"bad\",\n  \"plugins\": [\n",
+        );
         let err = load_conf_dir(dir.path()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("25-bad.conflist at line 5"), "{msg}");
         assert!(matches!(err, ConfigError::Parse { .. }));
 
         fs::remove_file(dir.path().join("25-bad.conflist")).unwrap();
-        write("26-notype.conflist", r#"{"cniVersion":"1.0.0","name":"n","plugins":[{}]}"#);
+        write(
+            "26-notype.conflist",
+            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{}]}"#,
+        );
         let msg = load_conf_dir(dir.path()).unwrap_err().to_string();
-        assert!(msg.contains("26-notype.conflist: missing plugins[0].type"), "{msg}");
+        assert!(
+            msg.contains("26-notype.conflist: missing plugins[0].type"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -668,7 +752,16 @@ mod tests {
         }
         assert!(check_ifname("eth0").is_ok());
         assert!(check_ifname("123456789012345").is_ok());
-        for bad in ["", "1234567890123456", ".", "..", "a/b", "a:b", "a b", "a\tb"] {
+        for bad in [
+            "",
+            "1234567890123456",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+        ] {
             assert!(check_ifname(bad).is_err(), "{bad}");
         }
     }

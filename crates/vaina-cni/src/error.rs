@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 /// omitted from the JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniError {
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "cniVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cni_version: String,
     pub code: u32,
     #[serde(default)]
@@ -28,7 +32,7 @@ impl CniError {
     /// A config field is not supported; the msg must name the key.
     pub const UNSUPPORTED_FIELD: u32 = 2;
     /// The container is unknown or does not exist.
-    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const CONTAINER_UNKNOWN: u32 = 3;
     /// A required `CNI_*` variable is missing or invalid.
     pub const INVALID_ENV: u32 = 4;
     /// Reading or writing a file, or exec, failed.
@@ -72,8 +76,8 @@ impl CniError {
     pub fn unsupported_field(msg: impl Into<String>) -> Self {
         Self::new(Self::UNSUPPORTED_FIELD, msg)
     }
-    pub fn unknown_container(msg: impl Into<String>) -> Self {
-        Self::new(Self::UNKNOWN_CONTAINER, msg)
+    pub fn container_unknown(msg: impl Into<String>) -> Self {
+        Self::new(Self::CONTAINER_UNKNOWN, msg)
     }
     pub fn invalid_env(msg: impl Into<String>) -> Self {
         Self::new(Self::INVALID_ENV, msg)
@@ -158,7 +162,7 @@ mod tests {
     fn parses_reference_output_without_version() {
         // The Go skel prints {code,msg,details} without cniVersion.
         let e: CniError = serde_json::from_str(r#"{"code":3,"msg":"no such container"}"#).unwrap();
-        assert_eq!(e, CniError::unknown_container("no such container"));
+        assert_eq!(e, CniError::container_unknown("no such container"));
     }
 
     #[test]

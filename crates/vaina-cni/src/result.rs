@@ -31,28 +31,28 @@ pub struct CniResult {
     pub dns: Dns,
 }
 
-/// An interface the plugin created or configured. Empty strings are omitted
+/// An interface the plugin created or configured. Absent fields are omitted
 /// from the JSON, as the reference does.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Interface {
     #[serde(default)]
     pub name: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// 1.1.0 and later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
-    /// The netns path for interfaces inside the sandbox; empty for host
+    /// The netns path for interfaces inside the sandbox; None for host
     /// interfaces.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sandbox: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// 1.1.0 and later.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub socket_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<String>,
     /// 1.1.0 and later.
-    #[serde(rename = "pciID", default, skip_serializing_if = "String::is_empty")]
-    pub pci_id: String,
+    #[serde(rename = "pciID", default, skip_serializing_if = "Option::is_none")]
+    pub pci_id: Option<String>,
 }
 
 /// An address assigned to an interface.
@@ -68,8 +68,8 @@ pub struct IpConfig {
 }
 
 /// A route to install in the sandbox. Attributes other than `dst` and `gw`
-/// are 1.1.0 additions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// are 1.1.0 additions. The default is a default route (0.0.0.0/0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub dst: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,7 +83,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<u8>,
+    pub scope: Option<u32>,
 }
 
 impl Route {
@@ -158,14 +158,23 @@ impl CniResult {
     /// Reads a result of any supported version; `cniVersion` is required.
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
         let value: Value = serde_json::from_slice(bytes).map_err(ResultError::Decode)?;
-        Self::from_value(value, None)
+        Self::from_value(value)
     }
 
-    /// Reads a result from JSON already parsed. Results before 1.0.0 may
-    /// lack `cniVersion` (the spec's own prevResult examples do); then
-    /// `fallback_version`, normally the config's version, is assumed, as the
-    /// reference `ParsePrevResult` does.
-    pub fn from_value(value: Value, fallback_version: Option<&str>) -> Result<Self, ResultError> {
+    /// Reads a result from JSON already parsed; `cniVersion` is required.
+    pub fn from_value(value: Value) -> Result<Self, ResultError> {
+        Self::read(value, None)
+    }
+
+    /// Like [`CniResult::from_value`], but a result without `cniVersion`
+    /// is read as `version`. Results before 1.0.0 may lack it (the spec's
+    /// own prevResult examples do); the reference `ParsePrevResult` then
+    /// assumes the config's version, and so should callers.
+    pub fn from_value_or(value: Value, version: &str) -> Result<Self, ResultError> {
+        Self::read(value, Some(version))
+    }
+
+    fn read(value: Value, fallback_version: Option<&str>) -> Result<Self, ResultError> {
         let version = match value.get("cniVersion").and_then(Value::as_str) {
             Some(v) if !v.is_empty() => v.to_owned(),
             _ => fallback_version
@@ -190,7 +199,11 @@ impl CniResult {
         value["cniVersion"] = Value::from(version);
         if !version::is_v1(version) {
             for (ip, json) in self.ips.iter().zip(array_mut(&mut value, "ips")) {
-                let family = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                let family = if ip.address.addr().is_ipv4() {
+                    "4"
+                } else {
+                    "6"
+                };
                 json["version"] = Value::from(family);
             }
             for json in array_mut(&mut value, "interfaces") {
@@ -297,11 +310,17 @@ mod tests {
         let r = CniResult::parse(SPEC_110_ADD.as_bytes()).unwrap();
         assert_eq!(r.cni_version, "1.1.0");
         assert_eq!(r.interfaces.len(), 3);
-        assert_eq!(r.interfaces[2].sandbox, "/var/run/netns/blue");
+        assert_eq!(
+            r.interfaces[2].sandbox.as_deref(),
+            Some("/var/run/netns/blue")
+        );
         assert_eq!(r.ips[0].interface, Some(2));
         assert_eq!(r.ips[0].address.to_string(), "10.1.0.5/16");
         assert_eq!(r.ips[0].gateway, Some("10.1.0.1".parse().unwrap()));
-        assert_eq!(r.routes, vec![Route::new("0.0.0.0/0".parse().unwrap(), None)]);
+        assert_eq!(
+            r.routes,
+            vec![Route::new("0.0.0.0/0".parse().unwrap(), None)]
+        );
         assert_eq!(r.dns.nameservers, vec!["10.1.0.1"]);
         assert_eq!(r.to_json("1.1.0").unwrap(), v(SPEC_110_ADD));
     }
@@ -312,7 +331,7 @@ mod tests {
             CniResult::parse(SPEC_040_PREV.as_bytes()),
             Err(ResultError::MissingVersion)
         ));
-        let r = CniResult::from_value(v(SPEC_040_PREV), Some("0.4.0")).unwrap();
+        let r = CniResult::from_value_or(v(SPEC_040_PREV), "0.4.0").unwrap();
         assert_eq!(r.cni_version, "0.4.0");
         let mut expected = v(SPEC_040_PREV);
         expected["cniVersion"] = json!("0.4.0");
@@ -328,9 +347,15 @@ mod tests {
             assert_eq!(j["ips"][0]["version"], "4");
             assert_eq!(j["ips"][0]["interface"], 2);
             // And back up: the same typed result, version aside.
-            let back = CniResult::from_value(j, None).unwrap();
+            let back = CniResult::from_value(j).unwrap();
             assert_eq!(back.cni_version, old);
-            assert_eq!(CniResult { cni_version: r.cni_version.clone(), ..back }, r);
+            assert_eq!(
+                CniResult {
+                    cni_version: r.cni_version.clone(),
+                    ..back
+                },
+                r
+            );
         }
         let j = r.to_json("1.0.0").unwrap();
         assert_eq!(j["cniVersion"], "1.0.0");
@@ -344,8 +369,8 @@ mod tests {
             interfaces: vec![Interface {
                 name: "eth0".into(),
                 mtu: Some(1450),
-                socket_path: "/run/x.sock".into(),
-                pci_id: "0000:00:1f.6".into(),
+                socket_path: Some("/run/x.sock".into()),
+                pci_id: Some("0000:00:1f.6".into()),
                 ..Interface::default()
             }],
             ips: vec![IpConfig {
@@ -374,7 +399,7 @@ mod tests {
                             "priority": 10, "table": 100, "scope": 0}]
             })
         );
-        assert_eq!(CniResult::from_value(new, None).unwrap(), r);
+        assert_eq!(CniResult::from_value(new).unwrap(), r);
         let old = r.to_json("0.3.1").unwrap();
         assert_eq!(old["ips"][0]["version"], "6");
         assert_eq!(old["interfaces"][0], json!({"name": "eth0"}));
@@ -396,7 +421,10 @@ mod tests {
 
     #[test]
     fn empty_fields_are_omitted() {
-        assert_eq!(CniResult::new().to_json("1.1.0").unwrap(), json!({"cniVersion": "1.1.0"}));
+        assert_eq!(
+            CniResult::new().to_json("1.1.0").unwrap(),
+            json!({"cniVersion": "1.1.0"})
+        );
     }
 
     #[test]
@@ -410,9 +438,15 @@ mod tests {
             CniResult::new().to_json("0.2.0"),
             Err(ResultError::UnsupportedVersion(_))
         ));
-        assert!(matches!(CniResult::parse(b"{not json"), Err(ResultError::Decode(_))));
+        assert!(matches!(
+            CniResult::parse(b"{not json"),
+            Err(ResultError::Decode(_))
+        ));
         let bad_addr = br#"{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.300/24"}]}"#;
-        assert!(matches!(CniResult::parse(bad_addr), Err(ResultError::Decode(_))));
+        assert!(matches!(
+            CniResult::parse(bad_addr),
+            Err(ResultError::Decode(_))
+        ));
         let e: CniError = CniResult::parse(old).unwrap_err().into();
         assert_eq!(e.code, CniError::INCOMPATIBLE_VERSION);
     }

@@ -48,13 +48,11 @@ impl FromStr for Version {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseVersionError(s.to_owned());
         let mut parts = [0u32; 3];
-        let mut n = 0;
-        for part in s.split('.') {
+        for (n, part) in s.split('.').enumerate() {
             if n == 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(err());
             }
             parts[n] = part.parse().map_err(|_| err())?;
-            n += 1;
         }
         Ok(Self::new(parts[0], parts[1], parts[2]))
     }
@@ -93,7 +91,9 @@ pub(crate) fn is_v1(v: &str) -> bool {
 
 /// The highest of `candidates` that is in [`SUPPORTED`], as a static string.
 /// Used for `cniVersions` negotiation in a config list.
-pub fn highest_supported<'a>(candidates: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+pub fn highest_supported<'a>(
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'static str> {
     candidates
         .into_iter()
         .filter_map(|c| SUPPORTED.iter().find(|s| **s == c).copied())
@@ -133,7 +133,15 @@ mod tests {
         assert_eq!("1.1.0".parse(), Ok(Version::new(1, 1, 0)));
         assert_eq!("0.4".parse(), Ok(Version::new(0, 4, 0)));
         assert_eq!("1".parse(), Ok(Version::new(1, 0, 0)));
-        for bad in ["", "1..0", "1.0.0.0", "a.b.c", "1.0.-1", "v1.0.0", "1.0.0-rc1"] {
+        for bad in [
+            "",
+            "1..0",
+            "1.0.0.0",
+            "a.b.c",
+            "1.0.-1",
+            "v1.0.0",
+            "1.0.0-rc1",
+        ] {
             assert!(bad.parse::<Version>().is_err(), "{bad} parsed");
         }
         assert!(Version::new(0, 10, 0) > Version::new(0, 4, 0));
@@ -157,7 +165,10 @@ mod tests {
 
     #[test]
     fn highest_supported_ignores_unknown() {
-        assert_eq!(highest_supported(["1.0.0", "1.1.0", "9.9.9"]), Some("1.1.0"));
+        assert_eq!(
+            highest_supported(["1.0.0", "1.1.0", "9.9.9"]),
+            Some("1.1.0")
+        );
         assert_eq!(highest_supported(["0.3.1", "0.4.0"]), Some("0.4.0"));
         assert_eq!(highest_supported(["0.2.0", "2.0.0"]), None);
         assert_eq!(highest_supported([]), None);

@@ -96,7 +96,12 @@ impl BridgeConf {
                 c.bridge
             )));
         }
-        match c.ipam.as_ref().and_then(|i| i.get("type")).and_then(|t| t.as_str()) {
+        match c
+            .ipam
+            .as_ref()
+            .and_then(|i| i.get("type"))
+            .and_then(|t| t.as_str())
+        {
             Some(t) if !t.is_empty() => {}
             _ => {
                 return Err(CniError::invalid_config(
@@ -233,7 +238,6 @@ async fn add_steps(
     mac: Option<[u8; 6]>,
     made: &mut Made,
 ) -> Result<CniResult, CniError> {
-
     let (br, created) = host
         .ensure_bridge(&BridgeSpec {
             name: conf.bridge.clone(),
@@ -262,7 +266,9 @@ async fn add_steps(
         .map_err(net_err)?;
     made.veth = Some(host_if.clone());
     let hv = host.require_link(&host_if).await.map_err(net_err)?;
-    host.set_controller(hv.index, br.index).await.map_err(net_err)?;
+    host.set_controller(hv.index, br.index)
+        .await
+        .map_err(net_err)?;
     if conf.hairpin_mode {
         host.set_hairpin(hv.index, true).await.map_err(net_err)?;
     }
@@ -348,7 +354,9 @@ async fn add_steps(
             .map_err(|e| CniError::io(e.to_string()))?;
     }
     for ip in &result.ips {
-        pod.ensure_address(eth.index, ip.address).await.map_err(net_err)?;
+        pod.ensure_address(eth.index, ip.address)
+            .await
+            .map_err(net_err)?;
     }
     pod.set_up(eth.index).await.map_err(net_err)?;
     for r in &result.routes {
@@ -442,7 +450,8 @@ async fn ensure_bridge_addr(
             return Ok(());
         }
         let same_family = addr.addr().is_ipv4() == gw.addr().is_ipv4();
-        let link_local = matches!(addr.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        let link_local =
+            matches!(addr.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
         if !same_family || link_local {
             continue;
         }
@@ -460,8 +469,7 @@ async fn ensure_bridge_addr(
 }
 
 async fn del(a: &CmdArgs, conf: &BridgeConf) -> Result<(), CniError> {
-    let mut ips: Vec<IpAddr> = a
-        .prev_result()
+    let mut ips: Vec<IpAddr> = prev_result(a)
         .ok()
         .flatten()
         .map(|r| r.ips.iter().map(|i| i.address.addr()).collect())

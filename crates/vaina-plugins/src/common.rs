@@ -61,36 +61,19 @@ pub fn netns_display(a: &CmdArgs) -> String {
 
 /// The `prevResult` of the stdin config, upgraded to the typed 1.x result.
 pub fn prev_result(a: &CmdArgs) -> Result<Option<CniResult>, CniError> {
-    match &a.config.prev_result {
-        None => Ok(None),
-        Some(v) => CniResult::from_value(v.clone())
-            .map(Some)
-            .map_err(|e| CniError::decode(format!("invalid prevResult: {e}"))),
-    }
+    a.config
+        .prev_result()
+        .map_err(|e| CniError::decode(format!("invalid prevResult: {}", error_chain(&e))))
 }
 
-/// `cni.dev/valid-attachments` of a GC request, as (container id, ifname).
+/// `cni.dev/valid-attachments` of a GC request, as (container id, ifname). A GC request
+/// without the list is an error rather than "nothing is valid".
 pub fn valid_attachments(a: &CmdArgs) -> Result<Vec<(String, String)>, CniError> {
-    let raw: serde_json::Value = serde_json::from_slice(&a.stdin)
-        .map_err(|e| CniError::decode(format!("failed to parse config: {e}")))?;
-    let Some(list) = raw.get("cni.dev/valid-attachments") else {
-        return Ok(Vec::new());
-    };
-    let list = list.as_array().ok_or_else(|| {
-        CniError::invalid_config("cni.dev/valid-attachments must be a list")
-    })?;
-    list.iter()
-        .map(|v| {
-            let id = v.get("containerID").and_then(|x| x.as_str());
-            let ifname = v.get("ifname").and_then(|x| x.as_str());
-            match (id, ifname) {
-                (Some(i), Some(f)) => Ok((i.to_string(), f.to_string())),
-                _ => Err(CniError::invalid_config(format!(
-                    "invalid entry in cni.dev/valid-attachments: {v}"
-                ))),
-            }
-        })
-        .collect()
+    let list = a.config.valid_attachments().map_err(CniError::from)?;
+    Ok(list
+        .into_iter()
+        .map(|v| (v.container_id, v.ifname))
+        .collect())
 }
 
 /// The host end's name: `veth` + 8 hex digits of a hash of the attachment. Deterministic,

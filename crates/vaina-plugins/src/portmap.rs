@@ -12,8 +12,8 @@ use serde::Deserialize;
 use vaina_cni::error::CniError;
 use vaina_cni::result::CniResult;
 use vaina_cni::skel::{CmdArgs, Plugin};
-use vaina_net::firewall::portmap::{self, PortMapping};
 use vaina_net::firewall::Attachment;
+use vaina_net::firewall::portmap::{self, PortMapping};
 use vaina_net::netlink::Netlink;
 use vaina_net::sysctl;
 
@@ -108,8 +108,7 @@ impl Plugin for Portmap {
 
     fn del(&self, a: &CmdArgs) -> Result<(), CniError> {
         let conf = PortmapConf::parse(&a.stdin)?;
-        portmap::del_port_mappings(&attachment(&conf, a))
-            .map_err(|e| CniError::io(error_chain(&e)))
+        portmap::del_port_mappings(&attachment(&conf, a)).map_err(|e| CniError::io(error_chain(&e)))
     }
 
     fn check(&self, a: &CmdArgs) -> Result<(), CniError> {
@@ -147,7 +146,12 @@ fn enable_localnet(pod_ip: IpAddr) -> Result<(), CniError> {
         let Some(oif) = nl.route_oif(pod_ip).await.map_err(net_err)? else {
             return Ok(None);
         };
-        Ok::<_, CniError>(nl.link_by_index(oif).await.map_err(net_err)?.map(|l| l.name))
+        Ok::<_, CniError>(
+            nl.link_by_index(oif)
+                .await
+                .map_err(net_err)?
+                .map(|l| l.name),
+        )
     })?;
     if let Some(ifname) = ifname {
         sysctl::set(&sysctl::iface_key("ipv4", &ifname, "route_localnet"), "1")

@@ -42,11 +42,16 @@ fn two_pods_get_veths_ips_and_talk_through_the_bridge() {
 
     // pod2 → pod1 through cni0; the node → pod2 directly.
     let srv1 = serve(&p1, 7000, 1);
-    let got = p2.run(|| talk(&format!("{ip1}:7000"), "from-pod2")).unwrap();
+    let got = p2
+        .run(|| talk(&format!("{ip1}:7000"), "from-pod2"))
+        .unwrap();
     assert_eq!(got, "pong:from-pod2");
     srv1.join().unwrap();
     let srv2 = serve(&p2, 7001, 1);
-    let got = h.node.run(|| talk(&format!("{ip2}:7001"), "from-node")).unwrap();
+    let got = h
+        .node
+        .run(|| talk(&format!("{ip2}:7001"), "from-node"))
+        .unwrap();
     assert_eq!(got, "pong:from-node");
     srv2.join().unwrap();
 
@@ -54,7 +59,10 @@ fn two_pods_get_veths_ips_and_talk_through_the_bridge() {
     assert_eq!(h.node.veths().len(), 1);
     h.del(&rt2).unwrap();
     h.assert_clean();
-    assert!(h.node.sh_ok("ip -o link show type bridge").contains("cni0"), "the bridge stays");
+    assert!(
+        h.node.sh_ok("ip -o link show type bridge").contains("cni0"),
+        "the bridge stays"
+    );
 }
 
 #[test]
@@ -131,7 +139,10 @@ fn add_del_500_times_leaves_nothing() {
         h.del(&rt).unwrap_or_else(|e| panic!("DEL #{i}: {e}"));
     }
     h.assert_clean();
-    assert_eq!(pod.sh_ok("ip -o link show | grep -c eth0 || true").trim(), "0");
+    assert_eq!(
+        pod.sh_ok("ip -o link show | grep -c eth0 || true").trim(),
+        "0"
+    );
 }
 
 #[test]
@@ -171,7 +182,11 @@ fn failed_add_rolls_back_everything() {
     assert!(err.contains("no IP addresses available"), "{err}");
     assert_eq!(h.node.veths().len(), 1, "the failed pod's veth was removed");
     assert_eq!(h.reservations().len(), 1);
-    assert!(p2.sh_ok("ip -o link show").lines().all(|l| !l.contains("eth0")));
+    assert!(
+        p2.sh_ok("ip -o link show")
+            .lines()
+            .all(|l| !l.contains("eth0"))
+    );
     h.del(&rt2).unwrap();
     h.del(&rt1).unwrap();
     h.assert_clean();
@@ -183,21 +198,32 @@ fn malformed_configs_are_rejected_and_create_nothing() {
         return;
     }
     let cases: [(&str, &str); 6] = [
-        ("bad json", r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge",}]}"#),
-        ("unknown cniVersion", r#"{"cniVersion":"9.9.9","name":"bad","plugins":[{"type":"vaina-bridge","ipam":{"type":"vaina-host-local","subnet":"10.1.0.0/24"}}]}"#),
-        ("overlapping ranges", r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge","ipam":{"type":"vaina-host-local","ranges":[[{"subnet":"10.1.0.0/16"}],[{"subnet":"10.1.2.0/24"}]]}}]}"#),
-        ("subnet too small", r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge","ipam":{"type":"vaina-host-local","ranges":[[{"subnet":"10.1.0.0/31"}]]}}]}"#),
-        ("bad MTU", r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge","mtu":10,"ipam":{"type":"vaina-host-local","subnet":"10.1.0.0/24"}}]}"#),
-        ("missing ipam", r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge"}]}"#),
+        (
+            "bad json",
+            r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge",}]}"#,
+        ),
+        (
+            "unknown cniVersion",
+            r#"{"cniVersion":"9.9.9","name":"bad","plugins":[{"type":"vaina-bridge","ipam":{"type":"vaina-host-local","subnet":"10.1.0.0/24"}}]}"#,
+        ),
+        (
+            "overlapping ranges",
+            r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge","ipam":{"type":"vaina-host-local","ranges":[[{"subnet":"10.1.0.0/16"}],[{"subnet":"10.1.2.0/24"}]]}}]}"#,
+        ),
+        (
+            "subnet too small",
+            r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge","ipam":{"type":"vaina-host-local","ranges":[[{"subnet":"10.1.0.0/31"}]]}}]}"#,
+        ),
+        (
+            "bad MTU",
+            r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge","mtu":10,"ipam":{"type":"vaina-host-local","subnet":"10.1.0.0/24"}}]}"#,
+        ),
+        (
+            "missing ipam",
+            r#"{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"vaina-bridge"}]}"#,
+        ),
     ];
-    let expect = [
-        "",
-        "9.9.9",
-        "overlaps",
-        "too small",
-        "MTU",
-        "ipam",
-    ];
+    let expect = ["", "9.9.9", "overlaps", "too small", "MTU", "ipam"];
     for ((what, conf), needle) in cases.iter().zip(expect) {
         let parsed = vaina_cni::config::NetworkConfigList::from_bytes(conf.as_bytes());
         let err = match parsed {
@@ -233,7 +259,9 @@ fn check_passes_after_add_and_fails_when_the_address_is_gone() {
     let pod = h.node.pod();
     let rt = h.rt("chk", &pod);
     let r = h.add(&rt).unwrap();
-    h.node.run(|| h.cni.check_network_list(&h.net, &rt)).unwrap();
+    h.node
+        .run(|| h.cni.check_network_list(&h.net, &rt))
+        .unwrap();
     pod.sh_ok(&format!("ip addr del {} dev eth0", r.ips[0].address));
     let err = h
         .node
@@ -264,8 +292,12 @@ fn gc_releases_what_is_not_a_valid_attachment() {
         container_id: "gc0".into(),
         ifname: "eth0".into(),
     };
+    // A runtime collects every network it manages.
     h.node
-        .run(|| h.cni.gc_network_list(&h.net, &[keep]))
+        .run(|| {
+            h.cni.gc_network_list(&h.net, std::slice::from_ref(&keep))?;
+            h.cni.gc_network_list(&h.lo, std::slice::from_ref(&keep))
+        })
         .unwrap();
     assert_eq!(h.reservations().len(), 1);
     h.del(&rts[0]).unwrap();

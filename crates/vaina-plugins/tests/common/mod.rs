@@ -123,7 +123,20 @@ impl Harness {
     pub fn nft_leftovers(&self) -> String {
         let out = self.node.sh_ok("nft list ruleset");
         out.lines()
-            .filter(|l| l.contains("jump ") || l.contains("dnat ") || l.contains(" : "))
+            .filter(|l| {
+                [
+                    "jump m-",
+                    "jump p-",
+                    "chain m-",
+                    "chain p-",
+                    "dnat ip to",
+                    "dnat ip6 to",
+                    "dnat to",
+                    "elements =",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -137,7 +150,11 @@ impl Harness {
     /// Asserts the node holds nothing of any pod.
     pub fn assert_clean(&self) {
         assert_eq!(self.node.veths(), Vec::<String>::new(), "veths left");
-        assert_eq!(self.reservations(), Vec::<String>::new(), "IP reservations left");
+        assert_eq!(
+            self.reservations(),
+            Vec::<String>::new(),
+            "IP reservations left"
+        );
         assert_eq!(self.nft_leftovers(), "", "nftables rules left");
         assert_eq!(self.cache_files(), 0, "cached results left");
     }
