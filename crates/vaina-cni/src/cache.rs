@@ -150,54 +150,17 @@ pub(crate) fn list(cache_dir: &Path, network: &str) -> io::Result<Vec<CachedInfo
 }
 
 /// Standard base64 with padding, as Go's encoding/json writes `[]byte`.
-/// Small enough not to warrant a dependency.
 pub(crate) mod base64_bytes {
     use super::*;
-
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
 
     pub(crate) fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        STANDARD.encode(input)
     }
 
     pub(crate) fn decode(input: &str) -> Option<Vec<u8>> {
-        let bytes = input.as_bytes();
-        if bytes.len() % 4 != 0 {
-            return None;
-        }
-        let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-        for (i, quad) in bytes.chunks(4).enumerate() {
-            let last = i == bytes.len() / 4 - 1;
-            let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-            if pad > 2 || (pad > 0 && !last) {
-                return None;
-            }
-            let mut n = 0u32;
-            for &c in &quad[..4 - pad] {
-                let v = ALPHABET.iter().position(|&a| a == c)? as u32;
-                n = (n << 6) | v;
-            }
-            n <<= 6 * pad as u32;
-            let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.extend_from_slice(&decoded[..3 - pad]);
-        }
-        Some(out)
+        STANDARD.decode(input).ok()
     }
 
     pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
