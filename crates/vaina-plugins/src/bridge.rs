@@ -4,8 +4,8 @@
 //!
 //! ADD: bridge → veth (peer created inside the pod netns) → IPAM (delegated to the
 //! `ipam.type` plugin, searched in CNI_PATH) → pod addresses and routes → gateway address on
-//! the bridge and forwarding → masquerade. Every step pushes its undo, so a failed ADD
-//! leaves nothing behind (the bridge stays only if it existed before).
+//! the bridge and forwarding → masquerade. A failed ADD releases the IPAM reservation and
+//! removes the veth, and the bridge too when this ADD created it and no other pod uses it.
 //! DEL: IPAM release first (it works without the netns), then the pod's interface (which
 //! takes the host veth with it), then masquerade; every missing piece is success.
 
@@ -222,7 +222,12 @@ async fn add(
         if let Some(v) = &made.veth {
             let _ = host.del_link(v).await;
         }
-        if let Some(b) = &made.bridge {
+        // The bridge goes only if this ADD created it and no other pod joined it meanwhile.
+        if let Some(b) = &made.bridge
+            && let Ok(Some(br)) = host.link(b).await
+            && let Ok(links) = host.links().await
+            && !links.iter().any(|l| l.controller == Some(br.index))
+        {
             let _ = host.del_link(b).await;
         }
     }
