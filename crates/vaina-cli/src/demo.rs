@@ -208,7 +208,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     drop(pods);
     let left_veths = veths(&node)?;
     let left_ips = reservations(&data_dir.join("vaina"));
-    let nft = sh(&node, "nft list ruleset | grep -cE 'jump [mp]-|chain [mp]-|dnat (ip |ip6 )?to|elements =' || true")?;
+    let nft = sh(
+        &node,
+        "nft list ruleset | grep -cE 'jump [mp]-|chain [mp]-|dnat (ip |ip6 )?to|elements =' || true",
+    )?;
     println!("  veths left on the node:      {}", left_veths.len());
     println!("  IP reservations left:        {}", left_ips.len());
     println!("  per-pod nftables rules left: {}", nft.trim());
