@@ -47,6 +47,12 @@ pub struct BridgeConf {
     pub promisc_mode: bool,
     #[serde(default)]
     pub vlan: Option<u16>,
+    /// Keep IPv6 duplicate address detection on the pod interface (off by default so the
+    /// address is usable at once, as in the reference).
+    #[serde(default)]
+    pub enabledad: bool,
+    /// Required. `{}` (no `type`) is the reference's L2-only mode: veth on the bridge, no
+    /// address. A config with no `ipam` key at all is rejected as malformed.
     pub ipam: Option<serde_json::Value>,
     #[serde(default)]
     pub runtime_config: Option<RuntimeConfig>,
@@ -96,20 +102,26 @@ impl BridgeConf {
                 c.bridge
             )));
         }
-        match c
-            .ipam
-            .as_ref()
-            .and_then(|i| i.get("type"))
-            .and_then(|t| t.as_str())
-        {
-            Some(t) if !t.is_empty() => {}
-            _ => {
+        match &c.ipam {
+            Some(serde_json::Value::Object(_)) => {}
+            Some(other) => {
+                return Err(CniError::invalid_config(format!(
+                    "\"ipam\" must be an object, got {other}"
+                )));
+            }
+            None => {
                 return Err(CniError::invalid_config(
-                    "bridge needs an \"ipam\" section with a \"type\" (e.g. host-local)",
+                    "bridge config has no \"ipam\" section (use {\"type\": \"host-local\", ...}, \
+                     or {} for an L2-only network)",
                 ));
             }
         }
         Ok(c)
+    }
+
+    /// False for L2-only networks (`"ipam": {}`): no addresses, no IPAM plugin.
+    fn is_layer3(&self) -> bool {
+        !self.ipam_type().is_empty()
     }
 
     fn ipam_type(&self) -> &str {
@@ -120,31 +132,54 @@ impl BridgeConf {
             .unwrap_or_default()
     }
 
-    /// The MAC requested through `runtimeConfig.mac` or `args.cni.mac`.
-    fn mac(&self) -> Result<Option<[u8; 6]>, CniError> {
+    /// The requested MAC, by the reference's precedence: `runtimeConfig.mac` (the `mac`
+    /// capability), then `args.cni.mac`, then `MAC` in CNI_ARGS.
+    fn mac(&self, cni_args: &[(String, String)]) -> Result<Option<[u8; 6]>, CniError> {
+        let from_runtime = self.runtime_config.as_ref().and_then(|r| r.mac.as_deref());
         let from_args = self
             .args
             .as_ref()
             .and_then(|a| a.pointer("/cni/mac"))
             .and_then(|m| m.as_str());
-        let raw = self
-            .runtime_config
-            .as_ref()
-            .and_then(|r| r.mac.as_deref())
-            .or(from_args);
-        raw.map(parse_mac).transpose()
+        let from_env = cni_args
+            .iter()
+            .find(|(k, _)| k == "MAC")
+            .map(|(_, v)| v.as_str());
+        from_runtime
+            .or(from_args)
+            .or(from_env)
+            .filter(|m| !m.is_empty())
+            .map(parse_mac)
+            .transpose()
     }
 }
 
+/// A 48-bit MAC in the forms Go's `net.ParseMAC` accepts: `0a:58:0a:58:00:99`,
+/// `0a-58-0a-58-00-99`, `0a58.0a58.0099`.
 fn parse_mac(s: &str) -> Result<[u8; 6], CniError> {
-    let parts: Vec<_> = s.split(':').collect();
     let bad = || CniError::invalid_config(format!("invalid MAC address {s:?}"));
-    if parts.len() != 6 {
+    let hex: String = if s.len() == 17 && (s.split(':').count() == 6 || s.split('-').count() == 6) {
+        let sep = s.as_bytes()[2] as char;
+        let groups: Vec<_> = s.split(sep).collect();
+        if groups.len() != 6 || groups.iter().any(|g| g.len() != 2) {
+            return Err(bad());
+        }
+        groups.concat()
+    } else if s.len() == 14 && s.split('.').count() == 3 {
+        let groups: Vec<_> = s.split('.').collect();
+        if groups.iter().any(|g| g.len() != 4) {
+            return Err(bad());
+        }
+        groups.concat()
+    } else {
+        return Err(bad());
+    };
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    for (i, byte) in mac.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(mac)
 }
@@ -154,7 +189,7 @@ pub struct Bridge;
 impl Plugin for Bridge {
     fn add(&self, a: &CmdArgs) -> Result<CniResult, CniError> {
         let conf = BridgeConf::parse(&a.stdin)?;
-        let mac = conf.mac()?;
+        let mac = conf.mac(&a.args)?;
         let pod_ns = open_netns(a)?;
         block_on(add(a, &conf, &pod_ns, mac))
     }
@@ -162,13 +197,17 @@ impl Plugin for Bridge {
     fn del(&self, a: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(&a.stdin)?;
         // IPAM first: it needs neither the netns nor the veth, and is what leaks if skipped.
-        vaina_cni::invoke::delegate_del(conf.ipam_type(), a)?;
+        if conf.is_layer3() {
+            vaina_cni::invoke::delegate_del(conf.ipam_type(), a)?;
+        }
         block_on(del(a, &conf))
     }
 
     fn check(&self, a: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(&a.stdin)?;
-        vaina_cni::invoke::delegate_check(conf.ipam_type(), a)?;
+        if conf.is_layer3() {
+            vaina_cni::invoke::delegate_check(conf.ipam_type(), a)?;
+        }
         let prev = prev_result(a)?.ok_or_else(|| {
             CniError::invalid_config("bridge CHECK needs a prevResult".to_string())
         })?;
@@ -178,7 +217,9 @@ impl Plugin for Bridge {
 
     fn gc(&self, a: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(&a.stdin)?;
-        vaina_cni::invoke::delegate_gc(conf.ipam_type(), a)?;
+        if conf.is_layer3() {
+            vaina_cni::invoke::delegate_gc(conf.ipam_type(), a)?;
+        }
         if conf.ip_masq {
             let valid = valid_attachments(a)?;
             let atts: Vec<Attachment> = valid
@@ -196,6 +237,9 @@ impl Plugin for Bridge {
 
     fn status(&self, a: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(&a.stdin)?;
+        if !conf.is_layer3() {
+            return Ok(());
+        }
         vaina_cni::invoke::delegate_status(conf.ipam_type(), a)
     }
 }
@@ -283,13 +327,17 @@ async fn add_steps(
     host.set_up(hv.index).await.map_err(net_err)?;
 
     // IPAM runs after the veth exists, as in the reference: a failure below releases it.
-    let ipam = vaina_cni::invoke::delegate_add(conf.ipam_type(), a)?;
+    let ipam = if conf.is_layer3() {
+        vaina_cni::invoke::delegate_add(conf.ipam_type(), a)?
+    } else {
+        CniResult::default()
+    };
     let ipam_guard = IpamGuard {
         a,
         ipam_type: conf.ipam_type(),
-        armed: true,
+        armed: conf.is_layer3(),
     };
-    if ipam.ips.is_empty() {
+    if conf.is_layer3() && ipam.ips.is_empty() {
         return Err(CniError::invalid_config(format!(
             "IPAM plugin {} returned no IP configuration",
             conf.ipam_type()
@@ -351,7 +399,7 @@ async fn add_steps(
     }
 
     // Inside the pod: addresses, link up, routes (default gateway per family from IPAM).
-    if result.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+    if !conf.enabledad && result.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
         // Without DAD the v6 address is usable at once, as the reference plugin does.
         pod_ns
             .run(|| sysctl::set(&sysctl::iface_key("ipv6", &a.ifname, "accept_dad"), "0"))
@@ -441,8 +489,9 @@ fn ns_err(e: NetnsError) -> CniError {
     CniError::io(e.to_string())
 }
 
-/// Gives the bridge its gateway address. An address of the same family in another subnet
-/// is an error unless `forceAddress`, which replaces it (reference semantics).
+/// Gives the bridge its gateway address. Another IPv4 address, or an IPv6 address in an
+/// overlapping subnet, is an error unless `forceAddress`, which replaces it (reference
+/// semantics).
 async fn ensure_bridge_addr(
     host: &Netlink,
     br: &vaina_net::netlink::Link,
@@ -460,7 +509,9 @@ async fn ensure_bridge_addr(
         if !same_family || link_local {
             continue;
         }
-        if addr.contains(&gw.addr()) || gw.contains(&addr.addr()) {
+        // One IPv4 address per bridge; IPv6 addresses may coexist if their subnets do
+        // not overlap (reference semantics).
+        if gw.addr().is_ipv4() || addr.contains(&gw.addr()) || gw.contains(&addr.addr()) {
             if !force {
                 return Err(CniError::invalid_config(format!(
                     "{} already has an IP address different from {gw}: {addr}",
