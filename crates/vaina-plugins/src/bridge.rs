@@ -58,6 +58,18 @@ pub struct BridgeConf {
     pub runtime_config: Option<RuntimeConfig>,
     #[serde(default)]
     pub args: Option<serde_json::Value>,
+    /// Options of the reference plugin that vaina does not implement: refused with code 2
+    /// (unsupported field) rather than silently ignored.
+    #[serde(default)]
+    pub vlan_trunk: Option<serde_json::Value>,
+    #[serde(default)]
+    pub preserve_default_vlan: Option<bool>,
+    #[serde(default)]
+    pub disable_container_interface: bool,
+    #[serde(default)]
+    pub port_isolation: bool,
+    #[serde(default)]
+    pub ip_masq_backend: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +114,7 @@ impl BridgeConf {
                 c.bridge
             )));
         }
+        c.refuse_unsupported()?;
         match &c.ipam {
             Some(serde_json::Value::Object(_)) => {}
             Some(other) => {
@@ -117,6 +130,43 @@ impl BridgeConf {
             }
         }
         Ok(c)
+    }
+
+    fn refuse_unsupported(&self) -> Result<(), CniError> {
+        let unsupported = |what: &str| {
+            Err(CniError::unsupported_field(format!(
+                "{what} is not supported by vaina-bridge"
+            )))
+        };
+        if self
+            .vlan_trunk
+            .as_ref()
+            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            return unsupported("vlanTrunk");
+        }
+        if self.preserve_default_vlan == Some(false) {
+            return unsupported("preserveDefaultVlan: false");
+        }
+        if self.disable_container_interface {
+            return unsupported("disableContainerInterface");
+        }
+        if self.port_isolation {
+            return unsupported("portIsolation");
+        }
+        if let Some(b) = self.ip_masq_backend.as_deref()
+            && b != "nftables"
+        {
+            return unsupported(&format!(
+                "ipMasqBackend {b:?} (vaina masquerades with nftables)"
+            ));
+        }
+        // The reference puts the gateway on a VLAN sub-interface of the bridge; vaina puts it
+        // on the bridge itself, which pods on a VLAN access port could not reach.
+        if self.vlan.is_some_and(|v| v > 0) && self.is_gateway {
+            return unsupported("vlan together with isGateway");
+        }
+        Ok(())
     }
 
     /// False for L2-only networks (`"ipam": {}`): no addresses, no IPAM plugin.

@@ -737,7 +737,7 @@ fn vlan_filters_the_bridge_and_makes_the_port_an_untagged_access_port() {
     if !can_run_ns_tests() {
         return;
     }
-    let h = harness(r#", "isGateway": true, "vlan": 100"#, V4, DEFAULT_V4);
+    let h = harness(r#", "vlan": 100"#, V4, DEFAULT_V4);
     if !vlan_filtering_supported(&h.node) {
         return;
     }
@@ -771,7 +771,7 @@ fn vlan_filters_the_bridge_and_makes_the_port_an_untagged_access_port() {
 }
 
 #[test]
-#[ignore = "bug (by reading; this kernel lacks VLAN filtering): gateway is on cni0, outside the VLAN"]
+#[ignore = "not implemented: vlan with isGateway is refused (see unsupported_reference_options_are_refused_and_create_nothing)"]
 fn vlan_pods_reach_their_gateway() {
     if !can_run_ns_tests() {
         return;
@@ -805,7 +805,7 @@ fn vlan_out_of_range_is_rejected() {
 }
 
 #[test]
-#[ignore = "missing: vlanTrunk is ignored"]
+#[ignore = "not implemented: vlanTrunk is refused (see unsupported_reference_options_are_refused_and_create_nothing)"]
 fn vlan_trunk_makes_the_port_a_tagged_trunk() {
     if !can_run_ns_tests() {
         return;
@@ -841,7 +841,7 @@ fn vlan_trunk_makes_the_port_a_tagged_trunk() {
 }
 
 #[test]
-#[ignore = "missing: vlanTrunk is ignored, so vlan with vlanTrunk is not rejected"]
+#[ignore = "not implemented: vlanTrunk is refused with code 2 before this check"]
 fn vlan_and_vlan_trunk_together_are_rejected() {
     if !can_run_ns_tests() {
         return;
@@ -853,7 +853,7 @@ fn vlan_and_vlan_trunk_together_are_rejected() {
 }
 
 #[test]
-#[ignore = "missing: preserveDefaultVlan is ignored"]
+#[ignore = "not implemented: preserveDefaultVlan false is refused (see unsupported_reference_options_are_refused_and_create_nothing)"]
 fn preserve_default_vlan_false_removes_vlan_1_from_the_port() {
     if !can_run_ns_tests() {
         return;
@@ -1224,4 +1224,47 @@ fn direct_del_with_an_empty_cni_netns_releases_the_address() {
     // The runtime's own DEL still works and clears its cache.
     h.del(&rt).unwrap();
     h.assert_clean();
+}
+
+// ---------------------------------------------------------------------------------------
+// Reference options vaina does not implement are refused, never silently ignored.
+
+#[test]
+fn unsupported_reference_options_are_refused_and_create_nothing() {
+    if !can_run_ns_tests() {
+        return;
+    }
+    for (fields, needle) in [
+        (r#", "vlanTrunk": [{ "id": 101 }]"#, "vlanTrunk"),
+        (r#", "preserveDefaultVlan": false"#, "preserveDefaultVlan"),
+        (
+            r#", "disableContainerInterface": true"#,
+            "disableContainerInterface",
+        ),
+        (r#", "portIsolation": true"#, "portIsolation"),
+        (
+            r#", "ipMasq": true, "ipMasqBackend": "iptables""#,
+            "ipMasqBackend",
+        ),
+        (
+            r#", "isGateway": true, "vlan": 100"#,
+            "vlan together with isGateway",
+        ),
+    ] {
+        let h = harness(fields, V4, DEFAULT_V4);
+        let pod = h.node.pod();
+        let rt = h.rt("unsupported", &pod);
+        let (code, err) = add_error(&h, &rt);
+        assert!(
+            err.contains(needle) && err.contains("not supported"),
+            "{fields}: {err}"
+        );
+        assert_eq!(
+            code,
+            Some(2),
+            "{fields}: unsupported field is code 2: {err}"
+        );
+        assert_nothing_left(&h, &pod, fields);
+        assert!(!link_exists(&h.node, "cni0"), "{fields}: bridge created");
+    }
 }
