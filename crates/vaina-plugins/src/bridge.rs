@@ -2,12 +2,15 @@
 //! gateway, and one veth pair per attachment, host end on the bridge, `CNI_IFNAME` inside
 //! the pod. Config schema of the reference plugin (containernetworking/plugins bridge).
 //!
-//! ADD: bridge → veth (peer created inside the pod netns) → IPAM (delegated to the
-//! `ipam.type` plugin, searched in CNI_PATH) → pod addresses and routes → gateway address on
-//! the bridge and forwarding → masquerade. A failed ADD releases the IPAM reservation and
-//! removes the veth, and the bridge too when this ADD created it and no other pod uses it.
+//! ADD: bridge → veth (peer created inside the pod netns) → MAC spoof check on the port
+//! (`macspoofchk`, before it comes up) → IPAM (delegated to the `ipam.type` plugin,
+//! searched in CNI_PATH) → pod addresses and routes → gateway address on the bridge and
+//! forwarding → masquerade. A failed ADD releases the IPAM reservation and removes the MAC
+//! spoof check and the veth, and the bridge too when this ADD created it and no other pod
+//! uses it.
 //! DEL: IPAM release first (it works without the netns), then the pod's interface (which
-//! takes the host veth with it), then masquerade; every missing piece is success.
+//! takes the host veth with it), then masquerade and the MAC spoof check; every missing
+//! piece is success.
 
 use std::net::IpAddr;
 
@@ -51,6 +54,10 @@ pub struct BridgeConf {
     /// address is usable at once, as in the reference).
     #[serde(default)]
     pub enabledad: bool,
+    /// Drop frames that enter the bridge from the pod's veth with a source MAC other than
+    /// the pod interface's (nftables, `bridge vaina_macspoof`).
+    #[serde(default)]
+    pub macspoofchk: bool,
     /// Required. `{}` (no `type`) is the reference's L2-only mode: veth on the bridge, no
     /// address. A config with no `ipam` key at all is rejected as malformed.
     pub ipam: Option<serde_json::Value>,
@@ -270,7 +277,7 @@ impl Plugin for Bridge {
         if conf.is_layer3() {
             vaina_cni::invoke::delegate_gc(conf.ipam_type(), a)?;
         }
-        if conf.ip_masq {
+        if conf.ip_masq || conf.macspoofchk {
             let valid = valid_attachments(a)?;
             let atts: Vec<Attachment> = valid
                 .iter()
@@ -280,7 +287,13 @@ impl Plugin for Bridge {
                     ifname,
                 })
                 .collect();
-            firewall::masq::gc(&conf.name, &atts).map_err(|e| CniError::io(e.to_string()))?;
+            if conf.ip_masq {
+                firewall::masq::gc(&conf.name, &atts).map_err(|e| CniError::io(e.to_string()))?;
+            }
+            if conf.macspoofchk {
+                firewall::macspoof::gc(&conf.name, &atts)
+                    .map_err(|e| CniError::io(e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -299,6 +312,8 @@ impl Plugin for Bridge {
 struct Made {
     bridge: Option<String>,
     veth: Option<String>,
+    /// The MAC spoof check of this attachment may exist.
+    macspoof: bool,
 }
 
 async fn add(
@@ -312,6 +327,16 @@ async fn add(
     let mut made = Made::default();
     let res = add_steps(a, conf, pod_ns, &host, &pod, mac, &mut made).await;
     if res.is_err() {
+        if made.macspoof {
+            let att = Attachment {
+                network: &conf.name,
+                container_id: &a.container_id,
+                ifname: &a.ifname,
+            };
+            // Best effort, like the steps below: the ADD error is what the runtime gets,
+            // and its DEL (or GC) removes what is left.
+            let _ = firewall::macspoof::del_macspoof(&att);
+        }
         // Deleting the host end removes the pod end too.
         if let Some(v) = &made.veth {
             let _ = host.del_link(v).await;
@@ -373,6 +398,26 @@ async fn add_steps(
     }
     if let Some(vid) = conf.vlan.filter(|v| *v > 0) {
         host.set_port_vlan(hv.index, vid).await.map_err(net_err)?;
+    }
+    if conf.macspoofchk {
+        // Before the port comes up, so that no frame crosses it unchecked.
+        let eth = pod.require_link(&a.ifname).await.map_err(net_err)?;
+        let pod_mac = eth.mac.ok_or_else(|| {
+            CniError::io(format!(
+                "{} in {} has no MAC address",
+                a.ifname,
+                netns_display(a)
+            ))
+        })?;
+        let att = Attachment {
+            network: &conf.name,
+            container_id: &a.container_id,
+            ifname: &a.ifname,
+        };
+        // Registered first: a failed `nft` run leaves nothing, but undoing is harmless.
+        made.macspoof = true;
+        firewall::macspoof::add_macspoof(&att, &host_if, pod_mac)
+            .map_err(|e| CniError::io(e.to_string()))?;
     }
     host.set_up(hv.index).await.map_err(net_err)?;
 
@@ -616,6 +661,15 @@ async fn del(a: &CmdArgs, conf: &BridgeConf) -> Result<(), CniError> {
         };
         firewall::masq::del_masquerade(&att, &ips).map_err(|e| CniError::io(e.to_string()))?;
     }
+    if conf.macspoofchk {
+        // Found by the attachment alone: works when the netns and the veth are gone.
+        let att = Attachment {
+            network: &conf.name,
+            container_id: &a.container_id,
+            ifname: &a.ifname,
+        };
+        firewall::macspoof::del_macspoof(&att).map_err(|e| CniError::io(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -676,6 +730,23 @@ async fn check(
         };
         let nets: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr()).collect();
         firewall::masq::check_masquerade(&att, &nets).map_err(|e| CniError::io(e.to_string()))?;
+    }
+    if conf.macspoofchk {
+        // Against the pod's MAC now: a pod that changed it fails CHECK, as its frames do.
+        let att = Attachment {
+            network: &conf.name,
+            container_id: &a.container_id,
+            ifname: &a.ifname,
+        };
+        let pod_mac = eth.mac.ok_or_else(|| {
+            CniError::io(format!(
+                "{} in {} has no MAC address",
+                a.ifname,
+                netns_display(a)
+            ))
+        })?;
+        firewall::macspoof::check_macspoof(&att, &host_if, pod_mac)
+            .map_err(|e| CniError::io(e.to_string()))?;
     }
     Ok(())
 }

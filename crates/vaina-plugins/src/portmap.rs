@@ -4,10 +4,13 @@
 //!
 //! Traffic from the node itself to `127.0.0.1:hostPort` works: with `snat` (default true)
 //! the bridge gets `route_localnet=1` so the kernel routes 127/8-sourced packets to the pod,
-//! and they are masqueraded so the pod can answer.
+//! and they are masqueraded so the pod can answer. So are connections from the pod's
+//! subnets (the pod itself, other pods on its bridge), which is what lets a pod reach a
+//! neighbour's host port through the node without br_netfilter.
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use vaina_cni::error::CniError;
 use vaina_cni::result::CniResult;
@@ -65,9 +68,9 @@ fn attachment<'a>(conf: &'a PortmapConf, a: &'a CmdArgs) -> Attachment<'a> {
     }
 }
 
-/// The pod's addresses: those of `prevResult` on an interface inside a sandbox (or with
-/// no interface index, as IPAM-only results have).
-fn pod_ips(prev: &CniResult) -> Vec<IpAddr> {
+/// The pod's addresses with their prefixes: those of `prevResult` on an interface inside a
+/// sandbox (or with no interface index, as IPAM-only results have).
+fn pod_nets(prev: &CniResult) -> Vec<IpNet> {
     prev.ips
         .iter()
         .filter(|ip| match ip.interface {
@@ -77,8 +80,8 @@ fn pod_ips(prev: &CniResult) -> Vec<IpAddr> {
                 .is_some_and(|iface| iface.sandbox.as_deref().is_some_and(|s| !s.is_empty())),
             None => true,
         })
-        .map(|ip| ip.address.addr())
-        .filter(|ip| !ip.is_loopback())
+        .map(|ip| ip.address)
+        .filter(|ip| !ip.addr().is_loopback())
         .collect()
 }
 
@@ -91,15 +94,15 @@ impl Plugin for Portmap {
         if conf.mappings().is_empty() {
             return Ok(prev);
         }
-        let ips = pod_ips(&prev);
+        let ips = pod_nets(&prev);
         if ips.is_empty() {
             return Err(CniError::invalid_config(
                 "portmap: prevResult has no container IP to map ports to",
             ));
         }
         let snat = conf.snat.unwrap_or(true);
-        if snat && let Some(v4) = ips.iter().find(|i| i.is_ipv4()) {
-            enable_localnet(*v4)?;
+        if snat && let Some(v4) = ips.iter().find(|i| i.addr().is_ipv4()) {
+            enable_localnet(v4.addr())?;
         }
         portmap::add_port_mappings(&attachment(&conf, a), &ips, conf.mappings(), snat)
             .map_err(|e| CniError::io(error_chain(&e)))?;
@@ -118,7 +121,7 @@ impl Plugin for Portmap {
         }
         let prev = prev_result(a)?
             .ok_or_else(|| CniError::invalid_config("portmap CHECK needs a prevResult"))?;
-        portmap::check_port_mappings(&attachment(&conf, a), &pod_ips(&prev), conf.mappings())
+        portmap::check_port_mappings(&attachment(&conf, a), &pod_nets(&prev), conf.mappings())
             .map_err(|e| CniError::io(error_chain(&e)))
     }
 

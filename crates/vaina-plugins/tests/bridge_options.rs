@@ -1058,7 +1058,6 @@ fn empty_ipam_makes_an_l2_only_attachment() {
 }
 
 #[test]
-#[ignore = "missing: macspoofchk is ignored"]
 fn macspoofchk_drops_frames_from_another_mac() {
     if !can_run_ns_tests() {
         return;

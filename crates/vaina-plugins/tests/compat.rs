@@ -742,9 +742,6 @@ fn vaina_plugins_translate_addresses_like_the_reference() {
 /// traffic go through netfilter. Without br_netfilter (bridge-nf-call-iptables=0), the
 /// connection times out.
 #[test]
-#[ignore = "vaina-portmap does not masquerade pod-subnet sources on hostPort DNAT: a pod \
-            reaching another pod's hostPort via the node needs br_netfilter (reference \
-            portmap 1.1.1 masquerades the whole subnet)"]
 fn vaina_portmap_masquerades_pods_reaching_a_host_port_like_the_reference() {
     if !can_run_ns_tests() || !have_reference_plugins() {
         return;

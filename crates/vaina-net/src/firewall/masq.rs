@@ -56,7 +56,12 @@ pub fn add_masquerade(a: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
     }
     let chain = chain_name(a);
     let op = || format!("add masquerade for {a}");
-    let first = match nft::apply(add_batch(a, &chain, ips, &[]), TABLE, &op) {
+    // Common case: the table exists, so send only this pod's objects. Re-adding existing
+    // base chains costs the kernel an RCU grace period (~10 ms) per batch.
+    if nft::apply(add_batch(a, &chain, ips, &[], false), TABLE, &op).is_ok() {
+        return Ok(());
+    }
+    let first = match nft::apply(add_batch(a, &chain, ips, &[], true), TABLE, &op) {
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
@@ -81,7 +86,7 @@ pub fn add_masquerade(a: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
     if stale.is_empty() {
         return Err(first);
     }
-    nft::apply(add_batch(a, &chain, ips, &stale), TABLE, &op)
+    nft::apply(add_batch(a, &chain, ips, &stale, true), TABLE, &op)
 }
 
 fn add_batch(
@@ -89,9 +94,12 @@ fn add_batch(
     chain: &str,
     ips: &[IpNet],
     stale: &[(&'static str, IpAddr)],
+    with_skeleton: bool,
 ) -> Batch {
     let mut batch = Batch::new();
-    skeleton(&mut batch);
+    if with_skeleton {
+        skeleton(&mut batch);
+    }
     for map in [PODS4, PODS6] {
         let keys = stale
             .iter()

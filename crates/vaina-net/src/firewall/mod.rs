@@ -47,6 +47,7 @@
 
 mod nft;
 
+pub mod macspoof;
 pub mod masq;
 pub mod portmap;
 
@@ -120,11 +121,13 @@ impl fmt::Display for Attachment<'_> {
     }
 }
 
-/// CNI GC for `network` in both tables: [`masq::gc`] then [`portmap::gc`]. For a caller
-/// that owns both (the daemon's reconciler); each plugin collects its own table.
+/// CNI GC for `network` in every table: [`masq::gc`], [`portmap::gc`], then
+/// [`macspoof::gc`]. For a caller that owns them all (the daemon's reconciler); each
+/// plugin collects its own tables.
 pub fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<Vec<String>> {
     let mut removed = masq::gc(network, valid)?;
     removed.extend(portmap::gc(network, valid)?);
+    removed.extend(macspoof::gc(network, valid)?);
     Ok(removed)
 }
 

@@ -4,22 +4,35 @@
 //! ```text
 //! table inet vaina_hostport {
 //!     map ports { type inet_proto . inet_service : verdict; elements = { tcp . 8080 : jump p-… } }
-//!     set snat4 { type ipv4_addr . ipv4_addr; elements = { 127.0.0.1 . 10.88.0.2, 10.88.0.2 . 10.88.0.2 } }
-//!     set snat6 { type ipv6_addr . ipv6_addr; }
 //!     chain prerouting { type nat hook prerouting priority dstnat; fib daddr type local jump hostports }
 //!     chain output     { type nat hook output priority -100;      fib daddr type local jump hostports }
 //!     chain hostports  { meta l4proto . th dport vmap @ports }
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat;
-//!         ct status dnat ip saddr . ip daddr @snat4 masquerade
-//!         ct status dnat ip6 saddr . ip6 daddr @snat6 masquerade
+//!         ct status dnat meta mark & 0x00002000 == 0x00002000 masquerade
 //!     }
 //!     chain p-… {                                  # one per attachment
+//!         ip saddr { 10.88.0.0/16, 127.0.0.0/8 } meta mark set meta mark | 0x00002000 comment "net/ctr/eth0"
+//!         ip6 saddr fd00::/64 meta mark set meta mark | 0x00002000 comment "net/ctr/eth0"
 //!         meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.2:80 comment "net/ctr/eth0"
+//!         meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::2]:80 comment "net/ctr/eth0"
 //!         ip daddr 127.0.0.1 tcp dport 8081 dnat ip to 10.88.0.2:81 comment "net/ctr/eth0"
 //!     }
 //! }
 //! ```
+//!
+//! The two `meta mark set` rules are there only with `snat` (the default). Like the
+//! reference plugin's `snat: true`, they mark for masquerading the connections the pod could
+//! not answer directly: from the node over loopback (127/8 sources, which the pod cannot
+//! route back), and from any address of the pod's subnets, which covers the pod reaching its
+//! own host port (hairpin) and another pod on the same bridge reaching it through the node.
+//! Without masquerade, the pod's reply to a neighbour goes straight over the bridge with the
+//! pod's own address as source, past the node's conntrack, and the neighbour, which talked
+//! to the node's address, drops it: it works only when br_netfilter passes bridged traffic
+//! through netfilter (`bridge-nf-call-iptables=1`). The subnets come from the pod's
+//! addresses' prefixes (`10.88.0.2/16` marks `10.88.0.0/16`). The bit is 0x2000, the
+//! reference plugin's default `markMasqBit` (13), so both plugins on one node agree on it;
+//! it is set on the packet, not the connection, and left set.
 //!
 //! Limitations, as in the reference plugin:
 //! - A host port (protocol and port) leads to one attachment: if two claim it, the last
@@ -29,17 +42,19 @@
 //!   mapping whose `hostIP` is of a family the pod has no address in is skipped.
 //! - The node reaching a host port through `127.0.0.1` needs `route_localnet` on the
 //!   bridge ([`localnet_sysctl`]); there is no IPv6 equivalent, so `::1` does not work.
-//!
-//! Addresses shared by two attachments (overlapping subnets of two networks) share their
-//! `snat4`/`snat6` elements: the first DEL removes them for both.
+//! - A pod outside the target pod's subnets (another network) reaching the host port through
+//!   the node is not masqueraded: its replies are routed back through the node anyway.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-use nftables::expr::{CT, Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression};
-use nftables::schema::{NfListObject, SetType, SetTypeValue};
-use nftables::stmt::{NAT, NATFamily, Operator, Statement, VerdictMap};
+use ipnet::{IpNet, Ipv4Net};
+use nftables::expr::{
+    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression, SetItem,
+};
+use nftables::schema::NfListObject;
+use nftables::stmt::{Mangle, NAT, NATFamily, Operator, Statement, VerdictMap};
 use nftables::types::NfHook;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -52,12 +67,13 @@ const OUTPUT: &str = "output";
 const POSTROUTING: &str = "postrouting";
 const HOSTPORTS: &str = "hostports";
 const PORTS: &str = "ports";
-const SNAT4: &str = "snat4";
-const SNAT6: &str = "snat6";
 const CHAIN_PREFIX: &str = "p-";
 /// `NF_IP_PRI_NAT_DST` (nft's `dstnat`) and `NF_IP_PRI_NAT_SRC` (`srcnat`).
 const DSTNAT: i32 = -100;
 const SRCNAT: i32 = 100;
+/// Marks a packet whose connection postrouting masquerades: bit 13, the reference
+/// plugin's default `markMasqBit`.
+const MASQ_MARK: u32 = 1 << 13;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
@@ -172,23 +188,23 @@ pub(super) fn chain_name(a: &Attachment<'_>) -> String {
     a.chain(CHAIN_PREFIX)
 }
 
-/// What ADD installs for one attachment, derived from its mappings and addresses.
+/// What ADD installs for one attachment apart from the mark rules, derived from its
+/// mappings and addresses.
 struct Plan {
-    rules: Vec<NfListObject<'static>>,
+    /// The DNAT rules of the attachment's chain.
+    dnat: Vec<NfListObject<'static>>,
     /// Keys of the `ports` map that jump to the attachment's chain.
     ports: BTreeSet<(Protocol, u16)>,
-    /// Pod addresses used as DNAT targets.
-    targets: Vec<IpAddr>,
 }
 
-fn plan(a: &Attachment<'_>, chain: &str, pod_ips: &[IpAddr], maps: &[PortMapping]) -> Plan {
+fn plan(a: &Attachment<'_>, chain: &str, pod_nets: &[IpNet], maps: &[PortMapping]) -> Plan {
     let targets: Vec<IpAddr> = [
-        pod_ips.iter().find(|ip| ip.is_ipv4()),
-        pod_ips.iter().find(|ip| ip.is_ipv6()),
+        pod_nets.iter().find(|n| n.addr().is_ipv4()),
+        pod_nets.iter().find(|n| n.addr().is_ipv6()),
     ]
     .into_iter()
     .flatten()
-    .copied()
+    .map(IpNet::addr)
     .collect();
     // Mappings bound to a host address first, so they win over a catch-all for the same port.
     let mut maps = maps.to_vec();
@@ -196,9 +212,8 @@ fn plan(a: &Attachment<'_>, chain: &str, pod_ips: &[IpAddr], maps: &[PortMapping
 
     let owner = a.to_string();
     let mut plan = Plan {
-        rules: Vec::new(),
+        dnat: Vec::new(),
         ports: BTreeSet::new(),
-        targets: Vec::new(),
     };
     for m in &maps {
         for pod in &targets {
@@ -228,11 +243,8 @@ fn plan(a: &Attachment<'_>, chain: &str, pod_ips: &[IpAddr], maps: &[PortMapping
                     flags: None,
                 })),
             ];
-            plan.rules.push(nft::rule(TABLE, chain, expr, Some(&owner)));
+            plan.dnat.push(nft::rule(TABLE, chain, expr, Some(&owner)));
             plan.ports.insert((m.protocol, m.host_port));
-            if !plan.targets.contains(pod) {
-                plan.targets.push(*pod);
-            }
         }
     }
     plan
@@ -257,31 +269,66 @@ fn parse_port_key(e: &Expression<'_>) -> Option<(Protocol, u16)> {
     }
 }
 
-fn snat_set(pod: &IpAddr) -> &'static str {
-    if pod.is_ipv4() { SNAT4 } else { SNAT6 }
-}
-
-/// `pod . pod` (hairpin) and, for IPv4, `127.0.0.1 . pod` (the node over loopback).
-fn snat_pairs(pod: IpAddr) -> Vec<(IpAddr, IpAddr)> {
-    let mut pairs = vec![(pod, pod)];
-    if pod.is_ipv4() {
-        pairs.push((IpAddr::V4(Ipv4Addr::LOCALHOST), pod));
+/// The `meta mark set` rules that open the attachment's chain with `snat`: one per family
+/// the pod has an address in, matching 127/8 (IPv4 only) and the pod's subnets. Duplicate
+/// and nested subnets are merged here, as nft would merge them, so the rule as listed is
+/// the rule as sent.
+fn mark_rules(a: &Attachment<'_>, chain: &str, pod_nets: &[IpNet]) -> Vec<NfListObject<'static>> {
+    let owner = a.to_string();
+    let mut rules = Vec::new();
+    for v4 in [true, false] {
+        let mut nets: Vec<IpNet> = pod_nets
+            .iter()
+            .filter(|n| n.addr().is_ipv4() == v4)
+            .map(IpNet::trunc)
+            .collect();
+        if nets.is_empty() {
+            continue;
+        }
+        if v4 {
+            nets.push(IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("8 is a valid prefix length"),
+            ));
+        }
+        let mut sources: Vec<Expression<'static>> = IpNet::aggregate(&nets)
+            .into_iter()
+            .map(nft::prefix)
+            .collect();
+        let sources = if sources.len() == 1 {
+            sources.remove(0)
+        } else {
+            Expression::Named(NamedExpression::Set(
+                sources.into_iter().map(SetItem::Element).collect(),
+            ))
+        };
+        let mark = || nft::meta(MetaKey::Mark);
+        let expr = vec![
+            nft::eq(
+                nft::payload(if v4 { "ip" } else { "ip6" }, "saddr"),
+                sources,
+            ),
+            Statement::Mangle(Mangle {
+                key: mark(),
+                value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
+                    mark(),
+                    Expression::Number(MASQ_MARK),
+                ]))),
+            }),
+        ];
+        rules.push(nft::rule(TABLE, chain, expr, Some(&owner)));
     }
-    pairs
-}
-
-fn pair_expr((saddr, daddr): (IpAddr, IpAddr)) -> Expression<'static> {
-    nft::concat(vec![nft::addr(saddr), nft::addr(daddr)])
+    rules
 }
 
 /// DNATs connections to the node's local addresses on each mapping's host port to the
-/// pod's first address of the matching family. With `snat`, also masquerades the node's
-/// own connections from 127.0.0.1 and the pod's connections to its own host ports
-/// (hairpin), as the reference plugin's `snat: true` does. Runs in the calling thread's
-/// netns; one `nft` run unless a host port is taken from another attachment.
+/// pod's first address of the matching family. `pod_nets` are the pod's addresses with
+/// their prefixes, as in the CNI result. With `snat`, also masquerades those connections
+/// when they come from 127/8 or from the pod's subnets (see the module docs), as the
+/// reference plugin's `snat: true` does. Runs in the calling thread's netns; one `nft` run
+/// unless a host port is taken from another attachment.
 pub fn add_port_mappings(
     a: &Attachment<'_>,
-    pod_ips: &[IpAddr],
+    pod_nets: &[IpNet],
     maps: &[PortMapping],
     snat: bool,
 ) -> Result<()> {
@@ -289,12 +336,17 @@ pub fn add_port_mappings(
         m.validate()?;
     }
     let chain = chain_name(a);
-    let plan = plan(a, &chain, pod_ips, maps);
-    if plan.rules.is_empty() {
+    let plan = plan(a, &chain, pod_nets, maps);
+    if plan.dnat.is_empty() {
         return Ok(());
     }
+    let marks = if snat {
+        mark_rules(a, &chain, pod_nets)
+    } else {
+        Vec::new()
+    };
     let op = || format!("add host ports for {a}");
-    let first = match nft::apply(add_batch(&chain, &plan, snat, Vec::new()), TABLE, &op) {
+    let first = match nft::apply(add_batch(&chain, &marks, &plan, Vec::new()), TABLE, &op) {
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
@@ -317,15 +369,22 @@ pub fn add_port_mappings(
     for key in &stale {
         tracing::info!(attachment = %a, port = ?parse_port_key(key), "host port taken over from another attachment");
     }
-    nft::apply(add_batch(&chain, &plan, snat, stale), TABLE, &op)
+    nft::apply(add_batch(&chain, &marks, &plan, stale), TABLE, &op)
 }
 
-fn add_batch(chain: &str, plan: &Plan, snat: bool, stale: Vec<Expression<'static>>) -> Batch {
+/// The attachment's chain refilled with `marks` then the DNAT rules (DNAT ends the chain),
+/// and its `ports` elements, taking over `stale` ones.
+fn add_batch(
+    chain: &str,
+    marks: &[NfListObject<'static>],
+    plan: &Plan,
+    stale: Vec<Expression<'static>>,
+) -> Batch {
     let mut batch = Batch::new();
     skeleton(&mut batch);
     nft::delete_elements(&mut batch, TABLE, PORTS, stale);
     nft::reset_chain(&mut batch, nft::chain(TABLE, chain));
-    for rule in &plan.rules {
+    for rule in marks.iter().chain(&plan.dnat) {
         batch.add(rule.clone());
     }
     let jumps = plan
@@ -333,29 +392,14 @@ fn add_batch(chain: &str, plan: &Plan, snat: bool, stale: Vec<Expression<'static
         .iter()
         .map(|key| Expression::List(vec![port_key(*key), nft::jump(chain)]));
     nft::add_elements(&mut batch, TABLE, PORTS, jumps.collect());
-    if snat {
-        for set in [SNAT4, SNAT6] {
-            let elems = plan
-                .targets
-                .iter()
-                .filter(|pod| snat_set(pod) == set)
-                .flat_map(|pod| snat_pairs(*pod))
-                .map(pair_expr);
-            nft::add_elements(&mut batch, TABLE, set, elems.collect());
-        }
-    }
     batch
 }
 
-/// Table, map, sets and the base chains, which are flushed and refilled so that repeated
-/// ADDs never duplicate their rules.
+/// Table, map and the base chains, which are flushed and refilled so that repeated ADDs
+/// never duplicate their rules.
 fn skeleton(batch: &mut Batch) {
     batch.add(nft::table(TABLE));
     batch.add_verdict_map(TABLE, PORTS, &["inet_proto", "inet_service"]);
-    for (set, ty) in [(SNAT4, SetType::Ipv4Addr), (SNAT6, SetType::Ipv6Addr)] {
-        let key = SetTypeValue::Concatenated(vec![ty, ty].into());
-        batch.add(nft::set(TABLE, set, key));
-    }
 
     nft::reset_chain(batch, nft::chain(TABLE, HOSTPORTS));
     let vmap = Statement::VerdictMap(VerdictMap {
@@ -384,23 +428,21 @@ fn skeleton(batch: &mut Batch) {
         batch,
         nft::nat_chain(TABLE, POSTROUTING, NfHook::Postrouting, SRCNAT),
     );
-    for (proto, set) in [("ip", SNAT4), ("ip6", SNAT6)] {
-        let ct_status = Expression::Named(NamedExpression::CT(CT {
-            key: "status".into(),
-            family: None,
-            dir: None,
-        }));
-        let pair = nft::concat(vec![
-            nft::payload(proto, "saddr"),
-            nft::payload(proto, "daddr"),
-        ]);
-        let expr = vec![
-            nft::matches(ct_status, Operator::IN, nft::string("dnat")),
-            nft::eq(pair, nft::string(format!("@{set}"))),
-            Statement::Masquerade(None),
-        ];
-        batch.add(nft::rule(TABLE, POSTROUTING, expr, None));
-    }
+    let ct_status = Expression::Named(NamedExpression::CT(CT {
+        key: "status".into(),
+        family: None,
+        dir: None,
+    }));
+    let masq_bit = Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+        nft::meta(MetaKey::Mark),
+        Expression::Number(MASQ_MARK),
+    )));
+    let expr = vec![
+        nft::matches(ct_status, Operator::IN, nft::string("dnat")),
+        nft::eq(masq_bit, Expression::Number(MASQ_MARK)),
+        Statement::Masquerade(None),
+    ];
+    batch.add(nft::rule(TABLE, POSTROUTING, expr, None));
 }
 
 /// Removes everything ADD installed for the attachment, with no need for its addresses:
@@ -420,34 +462,16 @@ pub fn del_port_mappings(a: &Attachment<'_>) -> Result<()> {
     })
 }
 
-/// Adds to `batch` the removal of `chain`, the `ports` elements jumping to it and the SNAT
-/// elements of the pod addresses its DNAT rules target; false when the listing shows
-/// neither chain nor elements.
+/// Adds to `batch` the removal of `chain` and of the `ports` elements jumping to it; false
+/// when the listing shows neither.
 pub(super) fn teardown(listing: &Listing, chain: &str, batch: &mut Batch) -> bool {
     let keys = listing.keys_jumping_to(PORTS, chain);
     if keys.is_empty() && !listing.has_chain(chain) {
         return false;
     }
     nft::remove_jumps(batch, TABLE, PORTS, keys, chain);
-    for pod in dnat_targets(listing, chain) {
-        let elems = snat_pairs(pod).into_iter().map(pair_expr).collect();
-        nft::remove_set_elements(batch, TABLE, snat_set(&pod), elems);
-    }
     nft::delete_chain(batch, TABLE, chain);
     true
-}
-
-fn dnat_targets(listing: &Listing, chain: &str) -> BTreeSet<IpAddr> {
-    listing
-        .rules(chain)
-        .flat_map(|r| r.expr.iter())
-        .filter_map(|stmt| match stmt {
-            Statement::DNAT(Some(NAT {
-                addr: Some(addr), ..
-            })) => nft::parse_addr(addr),
-            _ => None,
-        })
-        .collect()
 }
 
 /// CNI GC for the portmap plugin: removes the host-port chains (and their elements) of
@@ -459,16 +483,16 @@ pub fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<Vec<String>> {
 
 /// CNI CHECK: base chains, the attachment's chain and a `ports` element per mapped host
 /// port jumping to it are present; otherwise [`FirewallError::Missing`] names the first
-/// absent. SNAT elements are not checked: whether they belong depends on `snat`, which
-/// CHECK is not given, and their absence breaks only loopback and hairpin access.
+/// absent. The mark rules are not checked: whether they belong depends on `snat`, which
+/// CHECK is not given.
 pub fn check_port_mappings(
     a: &Attachment<'_>,
-    pod_ips: &[IpAddr],
+    pod_nets: &[IpNet],
     maps: &[PortMapping],
 ) -> Result<()> {
     let chain = chain_name(a);
-    let plan = plan(a, &chain, pod_ips, maps);
-    if plan.rules.is_empty() {
+    let plan = plan(a, &chain, pod_nets, maps);
+    if plan.dnat.is_empty() {
         return Ok(());
     }
     let op = || format!("check host ports for {a}");
@@ -556,7 +580,7 @@ mod tests {
             container_id: "c",
             ifname: "eth0",
         };
-        let ips: Vec<IpAddr> = ["10.0.0.2", "10.0.0.3", "fd00::2"]
+        let ips: Vec<IpNet> = ["10.0.0.2/24", "10.0.0.3/24", "fd00::2/64"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
@@ -575,9 +599,68 @@ mod tests {
             },
         ];
         let p = plan(&a, "p-x", &ips, &maps);
-        // 8080 for both families, 53 only for IPv4 (its host IP is IPv4).
-        assert_eq!(p.rules.len(), 3);
-        assert_eq!(p.targets, vec![ips[0], ips[2]]);
+        // 53 bound to 127.0.0.1 comes first; 8080 for both families, 53 only for IPv4 (its
+        // host IP is IPv4).
+        let targets: Vec<IpAddr> = p.dnat.iter().flat_map(dnat_targets).collect();
+        assert_eq!(
+            targets,
+            [ips[0].addr(), ips[0].addr(), ips[2].addr()],
+            "{:?}",
+            p.dnat
+        );
         assert_eq!(p.ports.len(), 2);
+    }
+
+    fn dnat_targets(rule: &NfListObject<'_>) -> Vec<IpAddr> {
+        let NfListObject::Rule(r) = rule else {
+            return Vec::new();
+        };
+        r.expr
+            .iter()
+            .filter_map(|stmt| match stmt {
+                Statement::DNAT(Some(NAT {
+                    addr: Some(addr), ..
+                })) => nft::parse_addr(addr),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The source match of each mark rule, as nft would read it.
+    fn mark_sources(pod_nets: &[&str]) -> Vec<serde_json::Value> {
+        let a = Attachment {
+            network: "n",
+            container_id: "c",
+            ifname: "eth0",
+        };
+        let nets: Vec<IpNet> = pod_nets.iter().map(|s| s.parse().unwrap()).collect();
+        mark_rules(&a, "p-x", &nets)
+            .iter()
+            .map(|r| {
+                let NfListObject::Rule(r) = r else {
+                    panic!("{r:?}")
+                };
+                let Statement::Match(m) = &r.expr[0] else {
+                    panic!("{r:?}")
+                };
+                serde_json::to_value(&m.right).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mark_rules_match_loopback_and_the_pod_subnets_merged() {
+        let prefix =
+            |addr: &str, len: u32| serde_json::json!({"prefix": {"addr": addr, "len": len}});
+        // Host bits dropped; a subnet inside another merged into it; no loopback for IPv6.
+        assert_eq!(
+            mark_sources(&["10.88.0.2/16", "10.88.3.4/24", "fd00::2/64"]),
+            [
+                serde_json::json!({"set": [prefix("10.88.0.0", 16), prefix("127.0.0.0", 8)]}),
+                prefix("fd00::", 64),
+            ]
+        );
+        assert_eq!(mark_sources(&["127.1.0.2/16"]), [prefix("127.0.0.0", 8)]);
+        assert!(mark_sources(&[]).is_empty());
     }
 }
