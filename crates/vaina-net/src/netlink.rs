@@ -304,6 +304,18 @@ impl Netlink {
         .await
     }
 
+    /// Sets the link's MAC (`ip link set X address M`).
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+            index,
+            "address",
+        )
+        .await
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         self.set(
             LinkUnspec::new_with_index(index).mtu(mtu).build(),

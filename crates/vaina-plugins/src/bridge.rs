@@ -25,7 +25,8 @@ use vaina_net::netns::{Netns, NetnsError};
 use vaina_net::sysctl;
 
 use crate::common::{
-    block_on, net_err, netns_display, open_netns, prev_result, valid_attachments, veth_name,
+    block_on, error_chain, net_err, netns_display, open_netns, prev_result, valid_attachments,
+    veth_name,
 };
 
 #[derive(Debug, Deserialize)]
@@ -373,7 +374,15 @@ async fn add_steps(
         .map_err(net_err)?;
     if created {
         made.bridge = Some(conf.bridge.clone());
+        // Pin the bridge's MAC: left unset, the kernel gives the bridge its lowest port's
+        // MAC, which changes as pods come and go and strands the gateway in pods' ARP
+        // caches (the reference pins it too).
+        if let Some(m) = br.mac {
+            host.set_mac(br.index, m).await.map_err(net_err)?;
+        }
     }
+    // No router advertisements accepted from pods on the node's side (reference).
+    set_ipv6_sysctl(&conf.bridge, "accept_ra", "0")?;
 
     let host_if = veth_name(&conf.name, &a.container_id, &a.ifname);
     if pod.link(&a.ifname).await.map_err(net_err)?.is_some() {
@@ -390,6 +399,7 @@ async fn add_steps(
         .map_err(net_err)?;
     made.veth = Some(host_if.clone());
     let hv = host.require_link(&host_if).await.map_err(net_err)?;
+    set_ipv6_sysctl(&host_if, "accept_ra", "0")?;
     host.set_controller(hv.index, br.index)
         .await
         .map_err(net_err)?;
@@ -494,13 +504,20 @@ async fn add_steps(
     }
 
     // Inside the pod: addresses, link up, routes (default gateway per family from IPAM).
-    if !conf.enabledad && result.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
-        // Without DAD the v6 address is usable at once, as the reference plugin does.
-        pod_ns
-            .run(|| sysctl::set(&sysctl::iface_key("ipv6", &a.ifname, "accept_dad"), "0"))
-            .map_err(ns_err)?
-            .map_err(|e| CniError::io(e.to_string()))?;
-    }
+    // arp_notify: the link coming up (after its addresses) announces them with a gratuitous
+    // ARP, so neighbours forget a previous owner of a reused IP. Without DAD a v6 address is
+    // usable at once. Both as in the reference plugin.
+    pod_ns
+        .run(|| -> Result<(), CniError> {
+            let ifname = &a.ifname;
+            sysctl::set(&sysctl::iface_key("ipv4", ifname, "arp_notify"), "1")
+                .map_err(|e| CniError::io(error_chain(&e)))?;
+            if !conf.enabledad {
+                set_ipv6_sysctl(ifname, "accept_dad", "0")?;
+            }
+            Ok(())
+        })
+        .map_err(ns_err)??;
     for ip in &result.ips {
         pod.ensure_address(eth.index, ip.address)
             .await
@@ -578,6 +595,16 @@ impl Drop for IpamGuard<'_> {
 
 fn conf_dns_empty(c: &vaina_cni::config::NetworkConfig) -> bool {
     c.dns.as_ref().is_none_or(|d| d.is_empty())
+}
+
+/// Sets a per-interface IPv6 sysctl in the calling thread's netns; a kernel without IPv6
+/// (no `/proc/sys/net/ipv6`) has nothing to set.
+fn set_ipv6_sysctl(ifname: &str, setting: &str, value: &str) -> Result<(), CniError> {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    sysctl::set(&sysctl::iface_key("ipv6", ifname, setting), value)
+        .map_err(|e| CniError::io(error_chain(&e)))
 }
 
 fn ns_err(e: NetnsError) -> CniError {

@@ -9,9 +9,9 @@
 //! - one host-local store written and released by both implementations;
 //! - the reference plugins at the spec versions containerd 1.6 still uses.
 //!
-//! Where vaina's plugins behave differently from the reference, the comparison is its own
-//! test, marked `#[ignore]` with the difference as the reason: `cargo test -- --ignored`
-//! shows them failing until the plugin is fixed.
+//! Each difference these comparisons found in vaina's plugins (bridge MAC pinning, link
+//! sysctls, masquerading of pods reaching a host port) was fixed; the comparisons stay as
+//! regression tests.
 //!
 //! Each test runs in its own throwaway node namespace (see `common`); traffic goes only to
 //! loopback, to the pods of that node, or to an "upstream" namespace the test links to it.
@@ -659,8 +659,9 @@ enum Traffic {
     UpstreamToHostPort,
 }
 
-const ALL_BUT_POD_TO_OTHER_PODS_HOST_PORT: [Traffic; 7] = [
+const ALL_TRAFFIC: [Traffic; 8] = [
     Traffic::NodeLoopbackToHostPort,
+    Traffic::PodToOtherPodsHostPort,
     Traffic::NodeToGatewayHostPort,
     Traffic::NodeToPod,
     Traffic::PodToOwnHostPort,
@@ -726,27 +727,10 @@ fn vaina_plugins_translate_addresses_like_the_reference() {
     if !can_run_ns_tests() || !have_reference_plugins() {
         return;
     }
-    let traffic = ALL_BUT_POD_TO_OTHER_PODS_HOST_PORT;
-    assert_eq!(
-        address_translation(&VAINA, &traffic),
-        address_translation(&REFERENCE, &traffic),
-        "vaina (left) vs reference (right)"
-    );
-}
-
-/// The reference portmap marks for masquerading every source in the pod's subnet
-/// (`-s 10.88.0.2/16`, which iptables reads as 10.88.0.0/16), so a pod reaching another
-/// pod's host port gets the reply through the node. vaina masquerades only the pod itself
-/// (hairpin) and 127.0.0.1: the other pod is seen with its own address, and the reply is
-/// bridged straight back to it, past the node's conntrack, unless br_netfilter makes bridged
-/// traffic go through netfilter. Without br_netfilter (bridge-nf-call-iptables=0), the
-/// connection times out.
-#[test]
-fn vaina_portmap_masquerades_pods_reaching_a_host_port_like_the_reference() {
-    if !can_run_ns_tests() || !have_reference_plugins() {
-        return;
-    }
-    let traffic = [Traffic::PodToOtherPodsHostPort];
+    // Includes a pod reaching another pod's host port: both portmaps masquerade every
+    // source of the pod's subnet, so the reply goes back through the node (without that it
+    // is bridged straight back and, with br_netfilter off, dropped; see the firewall tests).
+    let traffic = ALL_TRAFFIC;
     assert_eq!(
         address_translation(&VAINA, &traffic),
         address_translation(&REFERENCE, &traffic),
@@ -793,8 +777,6 @@ fn reference_bridge_keeps_its_mac_as_ports_come_and_go() {
 }
 
 #[test]
-#[ignore = "vaina-bridge does not pin the bridge MAC: cni0 takes its lowest port's MAC \
-            and changes as pods come and go (the reference sets it once)"]
 fn vaina_bridge_keeps_its_mac_as_ports_come_and_go() {
     if !can_run_ns_tests() || !have_reference_plugins() {
         return;
@@ -845,9 +827,6 @@ fn link_sysctls(h: &Harness, pod: &Pod) -> Vec<(String, String)> {
 /// interface": a pod must not be able to give the node routes), and sets `arp_notify=1`
 /// and `accept_dad=0` (unless `enabledad`) on the pod's interface.
 #[test]
-#[ignore = "vaina-bridge leaves accept_ra=1 on cni0 and the host veths, and sets neither \
-            arp_notify=1 nor accept_dad=0 on the pod interface of an IPv4-only pod \
-            (reference bridge 1.1.1 sets all of them)"]
 fn vaina_plugins_set_the_same_link_sysctls_as_the_reference() {
     if !can_run_ns_tests() || !have_reference_plugins() {
         return;

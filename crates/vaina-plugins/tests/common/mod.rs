@@ -127,8 +127,10 @@ impl Harness {
                 [
                     "jump m-",
                     "jump p-",
+                    "jump s-",
                     "chain m-",
                     "chain p-",
+                    "chain s-",
                     "dnat ip to",
                     "dnat ip6 to",
                     "dnat to",
