@@ -162,34 +162,27 @@ impl Netlink {
 
     /// The link named `name`, or `None` if there is none.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let res: std::result::Result<Vec<LinkMessage>, _> = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_collect()
-            .await;
-        match res {
-            Ok(msgs) => Ok(msgs.first().map(parse_link)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(request(format!("look up interface {name}"), e)),
-        }
+        let req = self.handle.link().get().match_name(name.to_string());
+        self.get_link(req, || format!("look up interface {name}"))
+            .await
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let res: std::result::Result<Vec<LinkMessage>, _> = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_collect()
-            .await;
+        let req = self.handle.link().get().match_index(index);
+        self.get_link(req, || format!("look up interface {index}"))
+            .await
+    }
+
+    async fn get_link(
+        &self,
+        req: rtnetlink::LinkGetRequest,
+        op: impl FnOnce() -> String,
+    ) -> Result<Option<Link>> {
+        let res: std::result::Result<Vec<LinkMessage>, _> = req.execute().try_collect().await;
         match res {
             Ok(msgs) => Ok(msgs.first().map(parse_link)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(request(format!("look up interface {index}"), e)),
+            Err(e) => Err(request(op(), e)),
         }
     }
 

@@ -329,11 +329,7 @@ async fn add(
     let res = add_steps(a, conf, pod_ns, &host, &pod, mac, &mut made).await;
     if res.is_err() {
         if made.macspoof {
-            let att = Attachment {
-                network: &conf.name,
-                container_id: &a.container_id,
-                ifname: &a.ifname,
-            };
+            let att = attachment(conf, a);
             // Best effort, like the steps below: the ADD error is what the runtime gets,
             // and its DEL (or GC) removes what is left.
             let _ = firewall::macspoof::del_macspoof(&att);
@@ -419,11 +415,7 @@ async fn add_steps(
                 netns_display(a)
             ))
         })?;
-        let att = Attachment {
-            network: &conf.name,
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-        };
+        let att = attachment(conf, a);
         // Registered first: a failed `nft` run leaves nothing, but undoing is harmless.
         made.macspoof = true;
         firewall::macspoof::add_macspoof(&att, &host_if, pod_mac)
@@ -559,17 +551,22 @@ async fn add_steps(
     }
 
     if conf.ip_masq {
-        let att = Attachment {
-            network: &conf.name,
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-        };
+        let att = attachment(conf, a);
         let nets: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
         firewall::masq::add_masquerade(&att, &nets).map_err(|e| CniError::io(e.to_string()))?;
     }
 
     ipam_guard.disarm();
     Ok(result)
+}
+
+/// This attachment, as the firewall rule sets key it.
+fn attachment<'a>(conf: &'a BridgeConf, a: &'a CmdArgs) -> Attachment<'a> {
+    Attachment {
+        network: &conf.name,
+        container_id: &a.container_id,
+        ifname: &a.ifname,
+    }
 }
 
 /// Releases the IPAM reservation if ADD fails after it.
@@ -681,20 +678,12 @@ async fn del(a: &CmdArgs, conf: &BridgeConf) -> Result<(), CniError> {
         .await
         .map_err(net_err)?;
     if conf.ip_masq {
-        let att = Attachment {
-            network: &conf.name,
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-        };
+        let att = attachment(conf, a);
         firewall::masq::del_masquerade(&att, &ips).map_err(|e| CniError::io(e.to_string()))?;
     }
     if conf.macspoofchk {
         // Found by the attachment alone: works when the netns and the veth are gone.
-        let att = Attachment {
-            network: &conf.name,
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-        };
+        let att = attachment(conf, a);
         firewall::macspoof::del_macspoof(&att).map_err(|e| CniError::io(e.to_string()))?;
     }
     Ok(())
@@ -750,21 +739,13 @@ async fn check(
         }
     }
     if conf.ip_masq {
-        let att = Attachment {
-            network: &conf.name,
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-        };
+        let att = attachment(conf, a);
         let nets: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr()).collect();
         firewall::masq::check_masquerade(&att, &nets).map_err(|e| CniError::io(e.to_string()))?;
     }
     if conf.macspoofchk {
         // Against the pod's MAC now: a pod that changed it fails CHECK, as its frames do.
-        let att = Attachment {
-            network: &conf.name,
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-        };
+        let att = attachment(conf, a);
         let pod_mac = eth.mac.ok_or_else(|| {
             CniError::io(format!(
                 "{} in {} has no MAC address",
