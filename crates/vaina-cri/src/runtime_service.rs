@@ -1,0 +1,349 @@
+//! RuntimeService: sandbox RPCs over `vaina_runtime::Runtime`; container, streaming and
+//! stats RPCs answer Unimplemented until the runtime core has them.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tonic::{Request, Response, Status};
+use vaina_runtime::Runtime;
+use vaina_runtime::sandbox::SandboxRecord;
+
+use crate::convert;
+use crate::status::{to_status, unimplemented};
+
+pub const RUNTIME_NAME: &str = "vaina";
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+const CRI_VERSION: &str = "v1";
+
+pub struct Service {
+    rt: Arc<Runtime>,
+}
+
+impl Service {
+    pub fn new(rt: Arc<Runtime>) -> Service {
+        Service { rt }
+    }
+}
+
+fn matches_labels(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn sandbox_matches(r: &SandboxRecord, f: &cri::PodSandboxFilter) -> bool {
+    (f.id.is_empty() || r.id.starts_with(&f.id))
+        && f.state
+            .as_ref()
+            .is_none_or(|s| convert::sandbox_state(r.state) as i32 == s.state)
+        && matches_labels(&r.config.labels, &f.label_selector)
+}
+
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeService for Service {
+    async fn version(
+        &self,
+        _: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: RUNTIME_VERSION.into(),
+            runtime_api_version: CRI_VERSION.into(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let rt = self.rt.clone();
+        let net = tokio::task::spawn_blocking(move || rt.network().status())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (ready, reason, message) = match net {
+            Ok(()) => (true, String::new(), String::new()),
+            Err(e) => (false, "NetworkPluginNotReady".to_string(), e.chain()),
+        };
+        let conditions = vec![
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: ready,
+                reason,
+                message,
+            },
+        ];
+        let mut info = HashMap::new();
+        if req.get_ref().verbose {
+            info.insert(
+                "config".into(),
+                format!(
+                    "{{\"network\":{:?},\"root\":{:?}}}",
+                    self.rt.network().name(),
+                    self.rt.config().root
+                ),
+            );
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            ..Default::default()
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let r = req.into_inner();
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("RunPodSandbox without a config"))?;
+        let id = self
+            .rt
+            .run_pod_sandbox(config, r.runtime_handler)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        match self.rt.stop_pod_sandbox(&id).await {
+            // Stopping what is already gone succeeds (kubelet retries StopPodSandbox).
+            Ok(()) | Err(vaina_runtime::Error::NotFound { .. }) => {
+                Ok(Response::new(cri::StopPodSandboxResponse {}))
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        self.rt.remove_pod_sandbox(&id).await.map_err(to_status)?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let req = req.into_inner();
+        let r = self.rt.get(&req.pod_sandbox_id).map_err(to_status)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = serde_json_like(&r);
+            info.insert("info".into(), v);
+        }
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(convert::pod_sandbox_status(&r)),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: vaina_runtime::sandbox::now_nanos(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let items = self
+            .rt
+            .list()
+            .iter()
+            .filter(|r| sandbox_matches(r, &filter))
+            .map(convert::pod_sandbox)
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn list_containers(
+        &self,
+        _: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        // No containers yet: sandboxes only.
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: vec![],
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: vec![],
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        _: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        // The pod CIDR comes from the CNI config here; kubelet's value is accepted.
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn runtime_config(
+        &self,
+        _: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
+    }
+
+    type GetContainerEventsStream = EventStream;
+
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn create_container(
+        &self,
+        _: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        Err(unimplemented("CreateContainer"))
+    }
+
+    async fn start_container(
+        &self,
+        _: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        Err(unimplemented("StartContainer"))
+    }
+
+    async fn stop_container(
+        &self,
+        _: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        Err(unimplemented("StopContainer"))
+    }
+
+    async fn remove_container(
+        &self,
+        _: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        Err(unimplemented("RemoveContainer"))
+    }
+
+    async fn container_status(
+        &self,
+        _: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        Err(unimplemented("ContainerStatus"))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        Err(unimplemented("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(
+        &self,
+        _: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Err(unimplemented("ExecSync"))
+    }
+
+    async fn exec(
+        &self,
+        _: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        Err(unimplemented("Exec"))
+    }
+
+    async fn attach(
+        &self,
+        _: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+}
+
+/// The record as JSON, for verbose status (crictl inspectp prints it).
+fn serde_json_like(r: &SandboxRecord) -> String {
+    vaina_runtime::sandbox::record_json(r)
+}

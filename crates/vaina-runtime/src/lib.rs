@@ -1,0 +1,23 @@
+//! vaina's runtime core: pod sandboxes and (later) containers, independent of gRPC.
+//!
+//! - [`config`]: paths and binaries, with the defaults of ARCHITECTURE.md.
+//! - [`store`]: records on disk, written atomically, so `vainad` can be killed at any time.
+//! - [`network`]: the node's CNI networks (loopback + the first conflist), run through
+//!   `vaina-cni`'s runtime library.
+//! - [`supervisor`]: launching and stopping a pod's `vaina-pod` process.
+//! - [`sandbox`]: RunPodSandbox, Stop, Remove, Status, List, and recovery after a restart.
+//!
+//! Requests use the CRI's own message types (`k8s_cri::v1`) as plain data: they are the
+//! domain model of a node runtime, and a parallel hierarchy of ~50 structs would only be
+//! copied field by field. Nothing here knows about tonic.
+
+pub mod config;
+pub mod error;
+pub mod network;
+pub mod sandbox;
+pub mod store;
+pub mod supervisor;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use sandbox::Runtime;
