@@ -1,9 +1,13 @@
-//! `vaina`: the command-line client of a vaina node. For now it runs the demo of the pod
-//! network; the CRI client verbs (runp, pods, ps, exec, …) come with the runtime.
+//! `vaina`: the command-line client of a node. crictl's verbs against any CRI endpoint
+//! (vainad by default, containerd or CRI-O with `--endpoint`), and the demo of the pod
+//! network.
 
 mod demo;
+mod podconfig;
+mod pods;
+mod table;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -12,8 +16,23 @@ use clap::{Parser, Subcommand};
     about = "vaina: a Kubernetes node runtime, pod networking end to end"
 )]
 struct Cli {
+    /// CRI endpoint (unix socket).
+    #[arg(
+        long,
+        global = true,
+        env = "CONTAINER_RUNTIME_ENDPOINT",
+        default_value = vaina_cri::client::DEFAULT_ENDPOINT
+    )]
+    endpoint: String,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -21,12 +40,36 @@ enum Cmd {
     /// Build a throwaway node with two pods wired by vaina's CNI plugins, show the wiring,
     /// send traffic between them, tear everything down and show nothing is left.
     Demo(demo::DemoArgs),
+    /// The runtime's name and versions.
+    Version,
+    /// The runtime's status conditions and configuration.
+    Info,
+    /// Run a pod sandbox from a JSON config file (crictl's format); prints its id.
+    Runp {
+        config: std::path::PathBuf,
+        /// Runtime handler (e.g. runc); default: the runtime's default.
+        #[arg(long, default_value = "")]
+        runtime: String,
+    },
+    /// List pod sandboxes.
+    Pods(pods::ListArgs),
+    /// Show a pod sandbox's status (JSON).
+    Inspectp { ids: Vec<String> },
+    /// Stop pod sandboxes: their processes and network go.
+    Stopp { ids: Vec<String> },
+    /// Remove pod sandboxes (stopping them first).
+    Rmp { ids: Vec<String> },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
+        cmd => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(pods::run(&cli.endpoint, cmd))),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! CRI v1 over a unix socket: thin tonic adapters from the CRI's RPCs to
-//! `vaina_runtime::Runtime`. One file per RPC group; error mapping in [`status`].
+//! `vaina_runtime::Runtime`. One file per RPC group; error mapping in `status`;
+//! [`client`] dials any CRI runtime's socket (used by the CLI and the tests).
 
+pub mod client;
 mod convert;
 mod image_service;
 mod runtime_service;
