@@ -227,7 +227,9 @@ fn host_port_reaches_pod_and_stops_after_del() {
         format!("pod {BRIDGE_IP}")
     );
 
-    topo.node.run(|| del_port_mappings(&a)).unwrap();
+    topo.node
+        .run(|| del_port_mappings(&a, &[tcp(8080, 80)]))
+        .unwrap();
     topo.node.run(|| del_masquerade(&a, &[])).unwrap();
     assert!(topo.node.run(|| fetch("127.0.0.1:8080")).is_err());
     assert!(topo.node.run(|| fetch(&own)).is_err());
@@ -240,9 +242,11 @@ fn host_port_reaches_pod_and_stops_after_del() {
     assert!(matches!(err, FirewallError::Missing { .. }), "{err}");
 
     // Deleting again, and deleting what was never added, are both fine.
-    topo.node.run(|| del_port_mappings(&a)).unwrap();
     topo.node
-        .run(|| del_port_mappings(&att("net", "never")))
+        .run(|| del_port_mappings(&a, &[tcp(8080, 80)]))
+        .unwrap();
+    topo.node
+        .run(|| del_port_mappings(&att("net", "never"), &[]))
         .unwrap();
 }
 
@@ -273,7 +277,7 @@ fn host_ip_restricts_the_mapping() {
             .run(|| fetch(&format!("{BRIDGE_IP}:8080")))
             .is_err()
     );
-    topo.node.run(|| del_port_mappings(&a)).unwrap();
+    topo.node.run(|| del_port_mappings(&a, &[m])).unwrap();
 }
 
 #[test]
@@ -302,7 +306,7 @@ fn snat_false_keeps_sources() {
     assert_eq!(neighbour.run(|| fetch(&bridge)).unwrap(), "pod 10.88.0.3");
     // Without SNAT the pod would have to answer 127.0.0.1 itself: the connection fails.
     assert!(topo.node.run(|| fetch("127.0.0.1:8080")).is_err());
-    topo.node.run(|| del_port_mappings(&a)).unwrap();
+    topo.node.run(|| del_port_mappings(&a, &[])).unwrap();
     assert_eq!(leftovers(&topo.ruleset()), Vec::<String>::new());
 }
 
@@ -378,7 +382,9 @@ fn host_port_from_a_neighbour_pod_without_br_netfilter() {
     assert!(neighbour.run(|| fetch(&v4)).is_err());
     assert!(neighbour.run(|| fetch("[fd00::1]:8080")).is_err());
 
-    topo.node.run(|| del_port_mappings(&a)).unwrap();
+    topo.node
+        .run(|| del_port_mappings(&a, &[tcp(8080, 80)]))
+        .unwrap();
     assert_eq!(leftovers(&topo.ruleset()), Vec::<String>::new());
 }
 
@@ -405,12 +411,48 @@ fn host_port_last_writer_wins() {
     assert!(topo.outside.run(|| fetch(&ext)).unwrap().starts_with("b "));
 
     // The loser's DEL leaves the winner's mapping in place.
-    topo.node.run(|| del_port_mappings(&a)).unwrap();
+    topo.node
+        .run(|| del_port_mappings(&a, &[tcp(8080, 80)]))
+        .unwrap();
     assert!(topo.outside.run(|| fetch(&ext)).unwrap().starts_with("b "));
     topo.node
         .run(|| check_port_mappings(&b, &[net("10.88.0.3/24")], &[tcp(8080, 80)]))
         .unwrap();
-    topo.node.run(|| del_port_mappings(&b)).unwrap();
+    topo.node
+        .run(|| del_port_mappings(&b, &[tcp(8080, 80)]))
+        .unwrap();
+    assert_eq!(leftovers(&topo.ruleset()), Vec::<String>::new());
+}
+
+/// DEL given other mappings than ADD (a runtime that changed them in between): deleting
+/// by key leaves an element jumping to the chain, and the listing finds it.
+#[test]
+fn host_port_del_with_other_mappings_than_add() {
+    if !vaina_testkit::can_run_ns_tests() {
+        return;
+    }
+    let topo = Topo::new();
+    let pod = topo.pod("vh0", "10.88.0.2");
+    let _srv = Server::start(&pod, "0.0.0.0:80", "pod");
+    let a = att("net", "c1");
+    let nets = [net("10.88.0.2/24")];
+    topo.node
+        .run(|| add_port_mappings(&a, &nets, &[tcp(8080, 80), tcp(8081, 80)], true))
+        .unwrap();
+    // DEL misses 8081, and names 9999, never added, and a mapping ADD would have skipped
+    // (an IPv6 host IP, and the pod has no IPv6 address).
+    let v6_only = PortMapping {
+        host_ip: Some(ip("fd00::1")),
+        ..tcp(8082, 80)
+    };
+    topo.node
+        .run(|| del_port_mappings(&a, &[tcp(8080, 80), tcp(9999, 80), v6_only]))
+        .unwrap();
+    assert!(
+        topo.outside
+            .run(|| fetch(&format!("{NODE_EXT_IP}:8081")))
+            .is_err()
+    );
     assert_eq!(leftovers(&topo.ruleset()), Vec::<String>::new());
 }
 
@@ -530,7 +572,9 @@ fn del_on_a_fresh_node_is_ok() {
     let a = att("net", "c1");
     node.run(|| del_masquerade(&a, &[ip("10.88.0.2")])).unwrap();
     node.run(|| del_masquerade(&a, &[])).unwrap();
-    node.run(|| del_port_mappings(&a)).unwrap();
+    node.run(|| del_port_mappings(&a, &[tcp(8080, 80)]))
+        .unwrap();
+    node.run(|| del_port_mappings(&a, &[])).unwrap();
     assert_eq!(
         node.run(|| firewall::gc("net", &[])).unwrap(),
         Vec::<String>::new()
@@ -546,19 +590,22 @@ fn twenty_attachments_added_then_deleted_leave_nothing() {
     }
     let node = Node::new();
     let ids: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let maps = |i: usize| {
+        [
+            tcp(9000 + i as u16, 80),
+            PortMapping {
+                protocol: Protocol::Udp,
+                ..tcp(9000 + i as u16, 53)
+            },
+        ]
+    };
     node.run(|| {
         for (i, id) in ids.iter().enumerate() {
             let a = att("net", id);
             let v4 = format!("10.88.0.{}", 10 + i);
             let v6 = format!("fd00::{:x}", 10 + i);
             add_masquerade(&a, &[net(&format!("{v4}/24")), net(&format!("{v6}/64"))]).unwrap();
-            let maps = [
-                tcp(9000 + i as u16, 80),
-                PortMapping {
-                    protocol: Protocol::Udp,
-                    ..tcp(9000 + i as u16, 53)
-                },
-            ];
+            let maps = maps(i);
             let nets = [net(&format!("{v4}/24")), net(&format!("{v6}/64"))];
             add_port_mappings(&a, &nets, &maps, true).unwrap();
         }
@@ -568,17 +615,18 @@ fn twenty_attachments_added_then_deleted_leave_nothing() {
     node.run(|| {
         for (i, id) in ids.iter().enumerate() {
             let a = att("net", id);
-            // Half with the addresses, half as if the runtime lost them.
-            let ips = if i % 2 == 0 {
-                vec![
+            // Half with the addresses and mappings, half as if the runtime lost them.
+            let (ips, maps) = if i % 2 == 0 {
+                let ips = vec![
                     ip(&format!("10.88.0.{}", 10 + i)),
                     ip(&format!("fd00::{:x}", 10 + i)),
-                ]
+                ];
+                (ips, maps(i).to_vec())
             } else {
-                vec![]
+                (vec![], vec![])
             };
             del_masquerade(&a, &ips).unwrap();
-            del_port_mappings(&a).unwrap();
+            del_port_mappings(&a, &maps).unwrap();
         }
     });
     let rs: Value = serde_json::from_str(&node.sh_ok("nft -j list ruleset")).unwrap();
@@ -679,7 +727,9 @@ fn ipv6_host_port_from_the_node() {
     );
     // Hairpin over IPv6 is masqueraded too.
     assert_eq!(pod.run(|| fetch("[fd00::1]:8080")).unwrap(), "pod fd00::1");
-    topo.node.run(|| del_port_mappings(&a)).unwrap();
+    topo.node
+        .run(|| del_port_mappings(&a, &[tcp(8080, 80)]))
+        .unwrap();
     assert!(topo.node.run(|| fetch("[fd00::1]:8080")).is_err());
     assert_eq!(leftovers(&topo.ruleset()), Vec::<String>::new());
 }

@@ -109,9 +109,12 @@ impl Plugin for Portmap {
         Ok(prev)
     }
 
+    /// The runtime passes DEL the `runtimeConfig` it gave ADD: with its mappings the rules
+    /// are deleted by key, without listing the table first.
     fn del(&self, a: &CmdArgs) -> Result<(), CniError> {
         let conf = PortmapConf::parse(&a.stdin)?;
-        portmap::del_port_mappings(&attachment(&conf, a)).map_err(|e| CniError::io(error_chain(&e)))
+        portmap::del_port_mappings(&attachment(&conf, a), conf.mappings())
+            .map_err(|e| CniError::io(error_chain(&e)))
     }
 
     fn check(&self, a: &CmdArgs) -> Result<(), CniError> {

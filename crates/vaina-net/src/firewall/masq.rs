@@ -23,121 +23,99 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use nftables::expr::Expression;
 use nftables::schema::NfListObject;
 use nftables::stmt::{Operator, Statement, VerdictMap};
-use nftables::types::NfHook;
+use nftables::types::{NfChainType, NfHook};
 
-use super::nft::{self, Batch, Listing};
-use super::{Attachment, FirewallError, Result, gc_table, retry};
+use super::nft::{self, Batch, Table};
+use super::{Attachment, Layout, Result};
 
 pub const TABLE: &str = "vaina_masq";
+const MASQ: Table = Table::inet(TABLE);
 const POSTROUTING: &str = "postrouting";
 const PODS4: &str = "pods4";
 const PODS6: &str = "pods6";
-const CHAIN_PREFIX: &str = "m-";
 /// `NF_IP_PRI_NAT_SRC`, nft's `srcnat`.
 const SRCNAT: i32 = 100;
-
-pub(super) fn chain_name(a: &Attachment<'_>) -> String {
-    a.chain(CHAIN_PREFIX)
-}
+const LAYOUT: Layout = Layout {
+    table: MASQ,
+    chain_prefix: "m-",
+    maps: &[PODS4, PODS6],
+    skeleton,
+};
 
 fn pods_map(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { PODS4 } else { PODS6 }
 }
 
+/// `ips` as keys of the `pods4` and `pods6` maps.
+fn pod_keys(ips: impl Iterator<Item = IpAddr> + Clone) -> Vec<nft::MapKeys> {
+    [PODS4, PODS6]
+        .into_iter()
+        .map(|map| {
+            let keys = ips.clone().filter(|ip| pods_map(ip) == map).map(nft::addr);
+            (map, keys.collect())
+        })
+        .collect()
+}
+
 /// Masquerades traffic from each address of `ips` (pod address with prefix; the subnet is
 /// its truncation) to destinations outside those subnets. Runs in the calling thread's
 /// netns. Repeating it is harmless; an address still claimed by an attachment whose DEL
-/// never ran is taken over.
+/// never ran is taken over. One `nft` run once the table exists.
 pub fn add_masquerade(a: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
     if ips.is_empty() {
         return Ok(());
     }
-    let chain = chain_name(a);
+    let chain = LAYOUT.chain(a);
     let op = || format!("add masquerade for {a}");
-    // Common case: the table exists, so send only this pod's objects. Re-adding existing
-    // base chains costs the kernel an RCU grace period (~10 ms) per batch.
-    if nft::apply(add_batch(a, &chain, ips, &[], false), TABLE, &op).is_ok() {
-        return Ok(());
-    }
-    let first = match nft::apply(add_batch(a, &chain, ips, &[], true), TABLE, &op) {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
+    let own = |batch: &mut Batch| {
+        nft::reset_chain(batch, nft::chain(MASQ, &chain));
+        for rule in attachment_rules(a, &chain, ips) {
+            batch.add(rule);
+        }
+        for (map, keys) in pod_keys(ips.iter().map(IpNet::addr)) {
+            let elems = keys
+                .into_iter()
+                .map(|k| Expression::List(vec![k, nft::jump(&chain)]));
+            nft::add_elements(batch, MASQ, map, elems.collect());
+        }
     };
-    // The usual cause: an element for one of `ips` jumps to another attachment's chain
-    // (its DEL never ran and IPAM handed the address out again), and `add element` with a
-    // different verdict is EEXIST. The newest ADD owns the address.
-    let Some(listing) = nft::list_table(TABLE, &op)? else {
-        return Err(first);
+    let taken = |listing: &nft::Listing| {
+        let ours = |k: &Expression<'_>| {
+            nft::parse_addr(k).is_some_and(|ip| ips.iter().any(|n| n.addr() == ip))
+        };
+        [PODS4, PODS6]
+            .into_iter()
+            .map(|map| (map, listing.keys_held_elsewhere(map, &chain, ours)))
+            .collect()
     };
-    let stale: Vec<(&'static str, IpAddr)> = [PODS4, PODS6]
-        .into_iter()
-        .flat_map(|map| {
-            listing
-                .map_elems(map)
-                .filter(|(_, v)| nft::jump_target(v) != Some(chain.as_str()))
-                .filter_map(|(k, _)| nft::parse_addr(k))
-                .filter(|ip| ips.iter().any(|n| n.addr() == *ip))
-                .map(move |ip| (map, ip))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if stale.is_empty() {
-        return Err(first);
-    }
-    nft::apply(add_batch(a, &chain, ips, &stale, true), TABLE, &op)
-}
-
-fn add_batch(
-    a: &Attachment<'_>,
-    chain: &str,
-    ips: &[IpNet],
-    stale: &[(&'static str, IpAddr)],
-    with_skeleton: bool,
-) -> Batch {
-    let mut batch = Batch::new();
-    if with_skeleton {
-        skeleton(&mut batch);
-    }
-    for map in [PODS4, PODS6] {
-        let keys = stale
-            .iter()
-            .filter(|(m, _)| *m == map)
-            .map(|(_, ip)| nft::addr(*ip));
-        nft::delete_elements(&mut batch, TABLE, map, keys.collect());
-    }
-    nft::reset_chain(&mut batch, nft::chain(TABLE, chain));
-    for rule in attachment_rules(a, chain, ips) {
-        batch.add(rule);
-    }
-    for map in [PODS4, PODS6] {
-        let elems = ips
-            .iter()
-            .map(IpNet::addr)
-            .filter(|ip| pods_map(ip) == map)
-            .map(|ip| nftables::expr::Expression::List(vec![nft::addr(ip), nft::jump(chain)]));
-        nft::add_elements(&mut batch, TABLE, map, elems.collect());
-    }
-    batch
+    LAYOUT.add(&op, &own, &taken)
 }
 
 /// Table, maps and base chain; the base chain is flushed and refilled so that repeated
 /// ADDs never duplicate its rules.
 fn skeleton(batch: &mut Batch) {
-    batch.add(nft::table(TABLE));
-    batch.add_verdict_map(TABLE, PODS4, &["ipv4_addr"]);
-    batch.add_verdict_map(TABLE, PODS6, &["ipv6_addr"]);
+    batch.add(nft::table(MASQ));
+    batch.add_verdict_map(MASQ, PODS4, &["ipv4_addr"]);
+    batch.add_verdict_map(MASQ, PODS6, &["ipv6_addr"]);
     nft::reset_chain(
         batch,
-        nft::nat_chain(TABLE, POSTROUTING, NfHook::Postrouting, SRCNAT),
+        nft::base_chain(
+            MASQ,
+            POSTROUTING,
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            SRCNAT,
+        ),
     );
     for (proto, map) in [("ip", PODS4), ("ip6", PODS6)] {
         let vmap = Statement::VerdictMap(VerdictMap {
             key: nft::payload(proto, "saddr"),
             data: nft::string(format!("@{map}")),
         });
-        batch.add(nft::rule(TABLE, POSTROUTING, vec![vmap], None));
+        batch.add(nft::rule(MASQ, POSTROUTING, vec![vmap], None));
     }
 }
 
@@ -158,14 +136,14 @@ fn attachment_rules(a: &Attachment<'_>, chain: &str, ips: &[IpNet]) -> Vec<NfLis
         let daddr = || nft::ip_field(&first.addr(), "daddr");
         for net in &subnets {
             let accept = vec![nft::eq(daddr(), nft::prefix(*net)), Statement::Accept(None)];
-            rules.push(nft::rule(TABLE, chain, accept, Some(&owner)));
+            rules.push(nft::rule(MASQ, chain, accept, Some(&owner)));
         }
         let multicast: IpNet = multicast.parse().expect("constant prefix");
         let masq = vec![
             nft::matches(daddr(), Operator::NEQ, nft::prefix(multicast)),
             Statement::Masquerade(None),
         ];
-        rules.push(nft::rule(TABLE, chain, masq, Some(&owner)));
+        rules.push(nft::rule(MASQ, chain, masq, Some(&owner)));
     }
     rules
 }
@@ -174,71 +152,29 @@ fn attachment_rules(a: &Attachment<'_>, chain: &str, ips: &[IpNet]) -> Vec<NfLis
 /// addresses when the caller still has them (one `nft` run); empty when the runtime lost
 /// the result, and then the table is listed to find them. Absent rules are success.
 pub fn del_masquerade(a: &Attachment<'_>, ips: &[IpAddr]) -> Result<()> {
-    let chain = chain_name(a);
     let op = || format!("delete masquerade for {a}");
-    if !ips.is_empty() {
-        let mut batch = Batch::new();
-        for map in [PODS4, PODS6] {
-            let keys = ips
-                .iter()
-                .filter(|ip| pods_map(ip) == map)
-                .map(|ip| nft::addr(*ip));
-            nft::remove_jumps(&mut batch, TABLE, map, keys.collect(), &chain);
-        }
-        nft::delete_chain(&mut batch, TABLE, &chain);
-        match nft::apply(batch, TABLE, &op) {
-            Ok(()) => return Ok(()),
-            // No table yet, an address now jumps elsewhere, or an element for an address
-            // not in `ips` still uses the chain: the listing below sorts out all three.
-            Err(e) => tracing::debug!(error = %e, attachment = %a, "fast masquerade delete failed"),
-        }
-    }
-    retry(|| {
-        let Some(listing) = nft::list_table(TABLE, &op)? else {
-            return Ok(());
-        };
-        let mut batch = Batch::new();
-        if !teardown(&listing, &chain, &mut batch) {
-            return Ok(());
-        }
-        nft::apply(batch, TABLE, &op)
-    })
-}
-
-/// Adds to `batch` the removal of `chain` and of every element jumping to it; false when
-/// the listing shows neither (nothing to do).
-pub(super) fn teardown(listing: &Listing, chain: &str, batch: &mut Batch) -> bool {
-    let mut found = listing.has_chain(chain);
-    for map in [PODS4, PODS6] {
-        let keys = listing.keys_jumping_to(map, chain);
-        found |= !keys.is_empty();
-        nft::remove_jumps(batch, TABLE, map, keys, chain);
-    }
-    if found {
-        nft::delete_chain(batch, TABLE, chain);
-    }
-    found
+    LAYOUT.del(&LAYOUT.chain(a), &op, pod_keys(ips.iter().copied()))
 }
 
 /// CNI GC for the bridge plugin: removes the masquerade chains (and their elements) of
 /// `network` whose attachment is not in `valid`. Returns the removed attachments as
 /// `network/container_id/ifname`.
 pub fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<Vec<String>> {
-    gc_table(TABLE, CHAIN_PREFIX, network, valid, teardown)
+    LAYOUT.gc(network, valid)
 }
 
 /// CNI CHECK: the base chain, the attachment's chain, and an element per address of `ips`
-/// jumping to it are present; otherwise [`FirewallError::Missing`] names the first absent.
+/// jumping to it are present; otherwise [`Missing`](super::FirewallError::Missing) names
+/// the first absent.
 pub fn check_masquerade(a: &Attachment<'_>, ips: &[IpAddr]) -> Result<()> {
-    let chain = chain_name(a);
+    let chain = LAYOUT.chain(a);
     let op = || format!("check masquerade for {a}");
-    let missing = |what: String| FirewallError::Missing { table: TABLE, what };
-    let listing = nft::list_table(TABLE, &op)?.ok_or_else(|| missing("the table".into()))?;
+    let listing = nft::list_table(MASQ, &op)?.ok_or_else(|| MASQ.missing("the table".into()))?;
     if !listing.has_chain(POSTROUTING) {
-        return Err(missing(format!("base chain {POSTROUTING}")));
+        return Err(MASQ.missing(format!("base chain {POSTROUTING}")));
     }
     if !listing.has_chain(&chain) {
-        return Err(missing(format!("chain {chain} of {a}")));
+        return Err(MASQ.missing(format!("chain {chain} of {a}")));
     }
     for &ip in ips {
         let map = pods_map(&ip);
@@ -246,7 +182,7 @@ pub fn check_masquerade(a: &Attachment<'_>, ips: &[IpAddr]) -> Result<()> {
             nft::parse_addr(k) == Some(ip) && nft::jump_target(v) == Some(chain.as_str())
         });
         if !present {
-            return Err(missing(format!("element {ip} : jump {chain} of map {map}")));
+            return Err(MASQ.missing(format!("element {ip} : jump {chain} of map {map}")));
         }
     }
     Ok(())

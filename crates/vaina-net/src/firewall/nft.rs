@@ -1,9 +1,10 @@
 //! Thin builders over the `nftables` crate's schema, the two `nft` calls the module makes
 //! (apply a batch, list one table) and a read-only view of a listed table.
 //!
-//! Everything is in the `inet` family. Idempotent deletes use the "add then delete in the
-//! same batch" pattern because nft 1.0.6 has no `destroy`: `add` of an existing object is
-//! a no-op, so the `delete` that follows always finds its target.
+//! Every builder takes the [`Table`] (family and name) it writes to: `inet` for masquerade
+//! and host ports, `bridge` for the MAC spoof check. Idempotent deletes use the "add then
+//! delete in the same batch" pattern because nft 1.0.6 has no `destroy`: `add` of an
+//! existing object is a no-op, so the `delete` that follows always finds its target.
 //!
 //! Why not `nftables::batch::Batch` and `helper::get_current_ruleset_with_args` directly:
 //! nftables 0.6 has no `verdict` value type for maps (nftables-rs issue #237), so it can
@@ -14,6 +15,7 @@
 //! read instead of failing a teardown over it.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -28,7 +30,68 @@ use serde_json::{Value, json};
 
 use super::{FirewallError, Result};
 
-pub(super) const FAMILY: NfFamily = NfFamily::INet;
+/// The families the module's tables live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    Inet,
+    Bridge,
+}
+
+impl Family {
+    fn nf(self) -> NfFamily {
+        match self {
+            Family::Inet => NfFamily::INet,
+            Family::Bridge => NfFamily::Bridge,
+        }
+    }
+
+    /// As nft spells it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Bridge => "bridge",
+        }
+    }
+}
+
+/// One table: what every builder, [`apply`] and [`list_table`] act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Table {
+    pub(super) family: Family,
+    pub(super) name: &'static str,
+}
+
+impl Table {
+    pub(super) const fn inet(name: &'static str) -> Table {
+        Table {
+            family: Family::Inet,
+            name,
+        }
+    }
+
+    pub(super) const fn bridge(name: &'static str) -> Table {
+        Table {
+            family: Family::Bridge,
+            name,
+        }
+    }
+
+    /// CHECK's error for an absent object of this table.
+    pub(super) fn missing(self, what: String) -> FirewallError {
+        FirewallError::Missing {
+            family: self.family.as_str(),
+            table: self.name,
+            what,
+        }
+    }
+}
+
+/// `inet vaina_masq`, as in nft's `list table inet vaina_masq`.
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.family.as_str(), self.name)
+    }
+}
 
 /// Found through `PATH`, as the `nftables` crate does.
 const NFT: &str = "nft";
@@ -61,14 +124,16 @@ impl Batch {
         self.push(NfCmd::Delete(obj));
     }
 
-    /// `add map inet <table> <name> { type <key> : verdict; }`, key types joined with `.`.
-    pub(super) fn add_verdict_map(&mut self, table: &str, name: &str, key: &[&str]) {
+    /// `add map <family> <table> <name> { type <key> : verdict; }`, key types joined with
+    /// `.`. Built with `json!`: the crate has no verdict map type (see the module docs).
+    pub(super) fn add_verdict_map(&mut self, table: Table, name: &str, key: &[&str]) {
         let key = match key {
             [one] => json!(one),
             many => json!(many),
         };
         self.cmds.push(json!({"add": {"map": {
-            "family": "inet", "table": table, "name": name, "type": key, "map": "verdict",
+            "family": table.family.as_str(), "table": table.name, "name": name,
+            "type": key, "map": "verdict",
         }}}));
     }
 
@@ -81,9 +146,9 @@ impl Batch {
 ///
 /// Not `helper::apply_ruleset_raw`: it leaves nft's stderr uncaptured, so the reason for
 /// a failure would go to our stderr instead of into the error.
-pub(super) fn apply(batch: Batch, table: &'static str, op: &dyn Fn() -> String) -> Result<()> {
+pub(super) fn apply(batch: Batch, table: Table, op: &dyn Fn() -> String) -> Result<()> {
     let doc = json!({ "nftables": batch.cmds }).to_string();
-    tracing::trace!(table, op = %op(), commands = batch.cmds.len(), "applying nft batch");
+    tracing::trace!(%table, op = %op(), commands = batch.cmds.len(), "applying nft batch");
     run_nft(&doc).map_err(|e| nft_error(e, table, op()))
 }
 
@@ -118,10 +183,10 @@ fn run_nft(doc: &str) -> Result<(), NftablesError> {
     })
 }
 
-/// `nft -j list table inet <table>`, or `None` when the table does not exist (nothing was
-/// ever added in this netns, which for a delete means there is nothing to do).
-pub(super) fn list_table(table: &'static str, op: &dyn Fn() -> String) -> Result<Option<Listing>> {
-    let args = ["list", "table", "inet", table];
+/// `nft -j list table <family> <table>`, or `None` when the table does not exist (nothing
+/// was ever added in this netns, which for a delete means there is nothing to do).
+pub(super) fn list_table(table: Table, op: &dyn Fn() -> String) -> Result<Option<Listing>> {
+    let args = ["list", "table", table.family.as_str(), table.name];
     match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, &args) {
         Ok(out) => {
             let doc: Value = serde_json::from_str(&out)
@@ -138,7 +203,7 @@ pub(super) fn list_table(table: &'static str, op: &dyn Fn() -> String) -> Result
     }
 }
 
-fn nft_error(source: NftablesError, table: &'static str, op: String) -> FirewallError {
+fn nft_error(source: NftablesError, table: Table, op: String) -> FirewallError {
     // The crate's Display drops nft's stderr, which is the only place the reason is.
     let detail = match &source {
         NftablesError::NftFailed { stderr, .. } => {
@@ -157,7 +222,8 @@ fn nft_error(source: NftablesError, table: &'static str, op: String) -> Firewall
     };
     FirewallError::Nft {
         op,
-        table,
+        family: table.family.as_str(),
+        table: table.name,
         detail,
         source: Box::new(source),
     }
@@ -273,6 +339,20 @@ impl Listing {
             .map(|(k, _)| k.clone())
             .collect()
     }
+
+    /// Keys of map `map` that `wanted` accepts but whose verdict is not a jump to `chain`:
+    /// the elements an ADD for `chain` has to take over from another attachment.
+    pub(super) fn keys_held_elsewhere(
+        &self,
+        map: &str,
+        chain: &str,
+        wanted: impl Fn(&Expression<'_>) -> bool,
+    ) -> Vec<Expression<'static>> {
+        self.map_elems(map)
+            .filter(|(k, v)| wanted(k) && jump_target(v) != Some(chain))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
 }
 
 /// nft wraps an element in `{"elem": {"val": ..}}` when it carries a timeout or comment.
@@ -293,60 +373,47 @@ pub(super) fn jump_target<'e>(e: &'e Expression<'_>) -> Option<&'e str> {
 
 // ---- objects -------------------------------------------------------------------------
 
-pub(super) fn table(name: &'static str) -> NfListObject<'static> {
+pub(super) fn table(table: Table) -> NfListObject<'static> {
     NfListObject::Table(schema::Table {
-        family: FAMILY,
-        name: name.into(),
+        family: table.family.nf(),
+        name: table.name.into(),
         handle: None,
     })
 }
 
-pub(super) fn chain(table: &'static str, name: &str) -> Chain<'static> {
+pub(super) fn chain(table: Table, name: &str) -> Chain<'static> {
     Chain {
-        family: FAMILY,
-        table: table.into(),
+        family: table.family.nf(),
+        table: table.name.into(),
         name: Cow::Owned(name.to_string()),
         ..Chain::default()
     }
 }
 
-pub(super) fn nat_chain(
-    table: &'static str,
+pub(super) fn base_chain(
+    table: Table,
     name: &'static str,
+    kind: NfChainType,
     hook: NfHook,
     prio: i32,
 ) -> Chain<'static> {
     Chain {
-        _type: Some(NfChainType::NAT),
+        _type: Some(kind),
         hook: Some(hook),
         prio: Some(prio),
         ..chain(table, name)
     }
 }
 
-pub(super) fn set(
-    table: &'static str,
-    name: &'static str,
-    key: schema::SetTypeValue<'static>,
-) -> NfListObject<'static> {
-    NfListObject::Set(Box::new(schema::Set {
-        family: FAMILY,
-        table: table.into(),
-        name: name.into(),
-        set_type: key,
-        ..schema::Set::default()
-    }))
-}
-
 pub(super) fn rule(
-    table: &'static str,
+    table: Table,
     chain: &str,
     expr: Vec<Statement<'static>>,
     comment: Option<&str>,
 ) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
-        family: FAMILY,
-        table: table.into(),
+        family: table.family.nf(),
+        table: table.name.into(),
         chain: Cow::Owned(chain.to_string()),
         expr: expr.into(),
         comment: comment.map(|c| Cow::Owned(truncate(c, COMMENT_MAX).to_string())),
@@ -365,14 +432,10 @@ pub(super) fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn element(
-    table: &'static str,
-    set: &'static str,
-    elem: Vec<Expression<'static>>,
-) -> Element<'static> {
+fn element(table: Table, set: &'static str, elem: Vec<Expression<'static>>) -> Element<'static> {
     Element {
-        family: FAMILY,
-        table: table.into(),
+        family: table.family.nf(),
+        table: table.name.into(),
         name: set.into(),
         elem: elem.into(),
     }
@@ -387,64 +450,53 @@ pub(super) fn reset_chain(batch: &mut Batch, c: Chain<'static>) {
     batch.push(NfCmd::Flush(FlushObject::Chain(c)));
 }
 
-/// `add chain; flush chain; delete chain`: gone whether or not it existed. Fails (EBUSY)
-/// if a map element still jumps to it, so callers delete those earlier in the batch.
-pub(super) fn delete_chain(batch: &mut Batch, table: &'static str, name: &str) {
-    let c = chain(table, name);
-    reset_chain(batch, c.clone());
-    batch.delete(NfListObject::Chain(c));
-}
-
 pub(super) fn add_elements(
     batch: &mut Batch,
-    table: &'static str,
-    set: &'static str,
+    table: Table,
+    map: &'static str,
     elems: Vec<Expression<'static>>,
 ) {
     if !elems.is_empty() {
-        batch.add(NfListObject::Element(element(table, set, elems)));
+        batch.add(NfListObject::Element(element(table, map, elems)));
     }
 }
 
 /// Plain `delete element`: fails if one is missing. For elements a listing just showed.
 pub(super) fn delete_elements(
     batch: &mut Batch,
-    table: &'static str,
-    set: &'static str,
+    table: Table,
+    map: &'static str,
     keys: Vec<Expression<'static>>,
 ) {
     if !keys.is_empty() {
-        batch.delete(NfListObject::Element(element(table, set, keys)));
+        batch.delete(NfListObject::Element(element(table, map, keys)));
     }
 }
 
-/// Removes set elements whether or not they exist (`add` then `delete`).
-pub(super) fn remove_set_elements(
-    batch: &mut Batch,
-    table: &'static str,
-    set: &'static str,
-    elems: Vec<Expression<'static>>,
-) {
-    add_elements(batch, table, set, elems.clone());
-    delete_elements(batch, table, set, elems);
-}
+/// Keys in one verdict map: `(map, keys)`.
+pub(super) type MapKeys = (&'static str, Vec<Expression<'static>>);
 
-/// Removes the elements `key : jump chain` of a verdict map, whether or not they exist.
-/// The `add` half also guards against deleting someone else's element: if a key now jumps
-/// elsewhere, the add clashes (EEXIST) and the whole batch fails instead.
-pub(super) fn remove_jumps(
-    batch: &mut Batch,
-    table: &'static str,
-    map: &'static str,
-    keys: Vec<Expression<'static>>,
-    chain: &str,
-) {
-    let pairs = keys
-        .iter()
-        .map(|k| Expression::List(vec![k.clone(), jump(chain)]))
-        .collect();
-    add_elements(batch, table, map, pairs);
-    delete_elements(batch, table, map, keys);
+/// Removes attachment chain `chain` and the elements `key : jump chain` with the keys of
+/// `jumps`, whether or not any of them exist: `add chain`, then `add` and `delete` of the
+/// elements, then `flush` and `delete` of the chain. The chain comes first so that the
+/// elements' `add` finds its target even when the chain is gone (a repeated DEL).
+///
+/// The elements' `add` also guards against deleting someone else's element: if a key
+/// jumps elsewhere, the add clashes (EEXIST) and the whole batch fails instead. And the
+/// chain's `delete` fails (EBUSY) while an element not in `jumps` still jumps to it.
+pub(super) fn remove_attachment(batch: &mut Batch, table: Table, chain: &str, jumps: Vec<MapKeys>) {
+    let c = self::chain(table, chain);
+    batch.add(NfListObject::Chain(c.clone()));
+    for (map, keys) in jumps {
+        let pairs = keys
+            .iter()
+            .map(|k| Expression::List(vec![k.clone(), jump(chain)]))
+            .collect();
+        add_elements(batch, table, map, pairs);
+        delete_elements(batch, table, map, keys);
+    }
+    batch.push(NfCmd::Flush(FlushObject::Chain(c.clone())));
+    batch.delete(NfListObject::Chain(c));
 }
 
 // ---- expressions and statements ------------------------------------------------------
@@ -523,5 +575,61 @@ pub(super) fn parse_addr(e: &Expression<'_>) -> Option<IpAddr> {
     match e {
         Expression::String(s) => s.parse().ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_reads_map_elements_and_owners_and_skips_the_rest() {
+        let doc = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"map": {"family": "bridge", "name": "ports", "table": "t", "type": "ifname",
+                     "map": "verdict", "elem": [
+                ["veth1", {"jump": {"target": "s-1"}}],
+                [{"elem": {"val": "veth2", "comment": "x"}}, {"goto": {"target": "s-2"}}],
+                ["veth3", {"drop": null}],
+                "garbage"
+            ]}},
+            {"chain": {"family": "bridge", "table": "t", "name": "s-1"}},
+            {"rule": {"family": "bridge", "table": "t", "chain": "s-1",
+                      "comment": "net/c/eth0", "expr": [{"drop": null}]}},
+            {"rule": {"family": "bridge", "table": "t"}}
+        ]});
+        let l = Listing::new(doc);
+        let ports: Vec<(String, Option<&str>)> = l
+            .map_elems("ports")
+            .map(|(k, v)| (serde_json::to_string(k).unwrap(), jump_target(v)))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (r#""veth1""#.into(), Some("s-1")),
+                (r#""veth2""#.into(), Some("s-2")),
+                (r#""veth3""#.into(), None),
+            ]
+        );
+        assert_eq!(l.keys_jumping_to("ports", "s-2"), [string("veth2")]);
+        let wanted = |k: &Expression<'_>| *k != string("veth3");
+        assert_eq!(
+            l.keys_held_elsewhere("ports", "s-1", wanted),
+            [string("veth2")]
+        );
+        assert!(l.has_chain("s-1"));
+        assert_eq!(l.owner("s-1"), Some("net/c/eth0"));
+        assert_eq!(l.rules.len(), 1);
+    }
+
+    #[test]
+    fn tables_name_their_family() {
+        assert_eq!(Table::bridge("t").to_string(), "bridge t");
+        let cmd = {
+            let mut b = Batch::new();
+            b.add_verdict_map(Table::bridge("t"), "ports", &["ifname"]);
+            b.cmds.remove(0)
+        };
+        assert_eq!(cmd["add"]["map"]["family"], "bridge");
     }
 }

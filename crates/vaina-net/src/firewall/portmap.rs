@@ -55,19 +55,25 @@ use nftables::expr::{
 };
 use nftables::schema::NfListObject;
 use nftables::stmt::{Mangle, NAT, NATFamily, Operator, Statement, VerdictMap};
-use nftables::types::NfHook;
+use nftables::types::{NfChainType, NfHook};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::nft::{self, Batch, Listing};
-use super::{Attachment, FirewallError, Result, gc_table, retry};
+use super::nft::{self, Batch, Listing, Table};
+use super::{Attachment, FirewallError, Layout, Result};
 
 pub const TABLE: &str = "vaina_hostport";
+const HOSTPORT: Table = Table::inet(TABLE);
 const PREROUTING: &str = "prerouting";
 const OUTPUT: &str = "output";
 const POSTROUTING: &str = "postrouting";
 const HOSTPORTS: &str = "hostports";
 const PORTS: &str = "ports";
-const CHAIN_PREFIX: &str = "p-";
+const LAYOUT: Layout = Layout {
+    table: HOSTPORT,
+    chain_prefix: "p-",
+    maps: &[PORTS],
+    skeleton,
+};
 /// `NF_IP_PRI_NAT_DST` (nft's `dstnat`) and `NF_IP_PRI_NAT_SRC` (`srcnat`).
 const DSTNAT: i32 = -100;
 const SRCNAT: i32 = 100;
@@ -184,10 +190,6 @@ pub fn localnet_sysctl(ifname: &str) -> String {
     crate::sysctl::iface_key("ipv4", ifname, "route_localnet")
 }
 
-pub(super) fn chain_name(a: &Attachment<'_>) -> String {
-    a.chain(CHAIN_PREFIX)
-}
-
 /// What ADD installs for one attachment apart from the mark rules, derived from its
 /// mappings and addresses.
 struct Plan {
@@ -243,7 +245,8 @@ fn plan(a: &Attachment<'_>, chain: &str, pod_nets: &[IpNet], maps: &[PortMapping
                     flags: None,
                 })),
             ];
-            plan.dnat.push(nft::rule(TABLE, chain, expr, Some(&owner)));
+            plan.dnat
+                .push(nft::rule(HOSTPORT, chain, expr, Some(&owner)));
             plan.ports.insert((m.protocol, m.host_port));
         }
     }
@@ -315,7 +318,7 @@ fn mark_rules(a: &Attachment<'_>, chain: &str, pod_nets: &[IpNet]) -> Vec<NfList
                 ]))),
             }),
         ];
-        rules.push(nft::rule(TABLE, chain, expr, Some(&owner)));
+        rules.push(nft::rule(HOSTPORT, chain, expr, Some(&owner)));
     }
     rules
 }
@@ -325,7 +328,7 @@ fn mark_rules(a: &Attachment<'_>, chain: &str, pod_nets: &[IpNet]) -> Vec<NfList
 /// their prefixes, as in the CNI result. With `snat`, also masquerades those connections
 /// when they come from 127/8 or from the pod's subnets (see the module docs), as the
 /// reference plugin's `snat: true` does. Runs in the calling thread's netns; one `nft` run
-/// unless a host port is taken from another attachment.
+/// once the table exists, unless a host port is taken from another attachment.
 pub fn add_port_mappings(
     a: &Attachment<'_>,
     pod_nets: &[IpNet],
@@ -335,7 +338,7 @@ pub fn add_port_mappings(
     for m in maps {
         m.validate()?;
     }
-    let chain = chain_name(a);
+    let chain = LAYOUT.chain(a);
     let plan = plan(a, &chain, pod_nets, maps);
     if plan.dnat.is_empty() {
         return Ok(());
@@ -346,62 +349,34 @@ pub fn add_port_mappings(
         Vec::new()
     };
     let op = || format!("add host ports for {a}");
-    let first = match nft::apply(add_batch(&chain, &marks, &plan, Vec::new()), TABLE, &op) {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
+    // The chain refilled with the marks, then the DNAT rules (DNAT ends the chain).
+    let own = |batch: &mut Batch| {
+        nft::reset_chain(batch, nft::chain(HOSTPORT, &chain));
+        for rule in marks.iter().chain(&plan.dnat) {
+            batch.add(rule.clone());
+        }
+        let jumps = plan
+            .ports
+            .iter()
+            .map(|key| Expression::List(vec![port_key(*key), nft::jump(&chain)]));
+        nft::add_elements(batch, HOSTPORT, PORTS, jumps.collect());
     };
-    // The usual cause: another attachment holds one of the host ports, and `add element`
-    // with a different verdict is EEXIST. Last writer wins: take the port over.
-    let Some(listing) = nft::list_table(TABLE, &op)? else {
-        return Err(first);
+    // Last writer wins a host port.
+    let taken = |listing: &Listing| {
+        let ours =
+            |k: &Expression<'_>| parse_port_key(k).is_some_and(|key| plan.ports.contains(&key));
+        vec![(PORTS, listing.keys_held_elsewhere(PORTS, &chain, ours))]
     };
-    let stale: Vec<Expression<'static>> = listing
-        .map_elems(PORTS)
-        .filter(|(k, v)| {
-            parse_port_key(k).is_some_and(|key| plan.ports.contains(&key))
-                && nft::jump_target(v) != Some(chain.as_str())
-        })
-        .map(|(k, _)| k.clone())
-        .collect();
-    if stale.is_empty() {
-        return Err(first);
-    }
-    for key in &stale {
-        tracing::info!(attachment = %a, port = ?parse_port_key(key), "host port taken over from another attachment");
-    }
-    nft::apply(add_batch(&chain, &marks, &plan, stale), TABLE, &op)
-}
-
-/// The attachment's chain refilled with `marks` then the DNAT rules (DNAT ends the chain),
-/// and its `ports` elements, taking over `stale` ones.
-fn add_batch(
-    chain: &str,
-    marks: &[NfListObject<'static>],
-    plan: &Plan,
-    stale: Vec<Expression<'static>>,
-) -> Batch {
-    let mut batch = Batch::new();
-    skeleton(&mut batch);
-    nft::delete_elements(&mut batch, TABLE, PORTS, stale);
-    nft::reset_chain(&mut batch, nft::chain(TABLE, chain));
-    for rule in marks.iter().chain(&plan.dnat) {
-        batch.add(rule.clone());
-    }
-    let jumps = plan
-        .ports
-        .iter()
-        .map(|key| Expression::List(vec![port_key(*key), nft::jump(chain)]));
-    nft::add_elements(&mut batch, TABLE, PORTS, jumps.collect());
-    batch
+    LAYOUT.add(&op, &own, &taken)
 }
 
 /// Table, map and the base chains, which are flushed and refilled so that repeated ADDs
 /// never duplicate their rules.
 fn skeleton(batch: &mut Batch) {
-    batch.add(nft::table(TABLE));
-    batch.add_verdict_map(TABLE, PORTS, &["inet_proto", "inet_service"]);
+    batch.add(nft::table(HOSTPORT));
+    batch.add_verdict_map(HOSTPORT, PORTS, &["inet_proto", "inet_service"]);
 
-    nft::reset_chain(batch, nft::chain(TABLE, HOSTPORTS));
+    nft::reset_chain(batch, nft::chain(HOSTPORT, HOSTPORTS));
     let vmap = Statement::VerdictMap(VerdictMap {
         key: nft::concat(vec![
             nft::meta(MetaKey::L4proto),
@@ -409,10 +384,11 @@ fn skeleton(batch: &mut Batch) {
         ]),
         data: nft::string(format!("@{PORTS}")),
     });
-    batch.add(nft::rule(TABLE, HOSTPORTS, vec![vmap], None));
+    batch.add(nft::rule(HOSTPORT, HOSTPORTS, vec![vmap], None));
 
     for (name, hook) in [(PREROUTING, NfHook::Prerouting), (OUTPUT, NfHook::Output)] {
-        nft::reset_chain(batch, nft::nat_chain(TABLE, name, hook, DSTNAT));
+        let base = nft::base_chain(HOSTPORT, name, NfChainType::NAT, hook, DSTNAT);
+        nft::reset_chain(batch, base);
         let local = Expression::Named(NamedExpression::Fib(Fib {
             result: FibResult::Type,
             flags: [FibFlag::Daddr].into_iter().collect(),
@@ -421,12 +397,18 @@ fn skeleton(batch: &mut Batch) {
             nft::eq(local, nft::string("local")),
             nft::jump_stmt(HOSTPORTS),
         ];
-        batch.add(nft::rule(TABLE, name, expr, None));
+        batch.add(nft::rule(HOSTPORT, name, expr, None));
     }
 
     nft::reset_chain(
         batch,
-        nft::nat_chain(TABLE, POSTROUTING, NfHook::Postrouting, SRCNAT),
+        nft::base_chain(
+            HOSTPORT,
+            POSTROUTING,
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            SRCNAT,
+        ),
     );
     let ct_status = Expression::Named(NamedExpression::CT(CT {
         key: "status".into(),
@@ -442,43 +424,30 @@ fn skeleton(batch: &mut Batch) {
         nft::eq(masq_bit, Expression::Number(MASQ_MARK)),
         Statement::Masquerade(None),
     ];
-    batch.add(nft::rule(TABLE, POSTROUTING, expr, None));
+    batch.add(nft::rule(HOSTPORT, POSTROUTING, expr, None));
 }
 
-/// Removes everything ADD installed for the attachment, with no need for its addresses:
-/// one listing and one batch. Absent rules (or no table at all) are success.
-pub fn del_port_mappings(a: &Attachment<'_>) -> Result<()> {
-    let chain = chain_name(a);
+/// Removes everything ADD installed for the attachment. `maps` are the mappings ADD was
+/// given, when the caller still has them (the runtime passes DEL the same
+/// `runtimeConfig`): then one batch deletes the `ports` elements by key. Empty, or when
+/// that batch fails, one listing and one batch find the elements jumping to the chain.
+/// Absent rules (or no table at all) are success.
+///
+/// The keys are those of all of `maps`, including any ADD skipped for want of a pod
+/// address of their family: deleting a key that was never added is `add` then `delete`, a
+/// no-op, and one now held by another attachment fails the batch into the listing.
+pub fn del_port_mappings(a: &Attachment<'_>, maps: &[PortMapping]) -> Result<()> {
+    let keys: BTreeSet<(Protocol, u16)> = maps.iter().map(|m| (m.protocol, m.host_port)).collect();
     let op = || format!("delete host ports for {a}");
-    retry(|| {
-        let Some(listing) = nft::list_table(TABLE, &op)? else {
-            return Ok(());
-        };
-        let mut batch = Batch::new();
-        if !teardown(&listing, &chain, &mut batch) {
-            return Ok(());
-        }
-        nft::apply(batch, TABLE, &op)
-    })
-}
-
-/// Adds to `batch` the removal of `chain` and of the `ports` elements jumping to it; false
-/// when the listing shows neither.
-pub(super) fn teardown(listing: &Listing, chain: &str, batch: &mut Batch) -> bool {
-    let keys = listing.keys_jumping_to(PORTS, chain);
-    if keys.is_empty() && !listing.has_chain(chain) {
-        return false;
-    }
-    nft::remove_jumps(batch, TABLE, PORTS, keys, chain);
-    nft::delete_chain(batch, TABLE, chain);
-    true
+    let known = vec![(PORTS, keys.into_iter().map(port_key).collect())];
+    LAYOUT.del(&LAYOUT.chain(a), &op, known)
 }
 
 /// CNI GC for the portmap plugin: removes the host-port chains (and their elements) of
 /// `network` whose attachment is not in `valid`. Returns the removed attachments as
 /// `network/container_id/ifname`.
 pub fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<Vec<String>> {
-    gc_table(TABLE, CHAIN_PREFIX, network, valid, teardown)
+    LAYOUT.gc(network, valid)
 }
 
 /// CNI CHECK: base chains, the attachment's chain and a `ports` element per mapped host
@@ -490,21 +459,21 @@ pub fn check_port_mappings(
     pod_nets: &[IpNet],
     maps: &[PortMapping],
 ) -> Result<()> {
-    let chain = chain_name(a);
+    let chain = LAYOUT.chain(a);
     let plan = plan(a, &chain, pod_nets, maps);
     if plan.dnat.is_empty() {
         return Ok(());
     }
     let op = || format!("check host ports for {a}");
-    let missing = |what: String| FirewallError::Missing { table: TABLE, what };
-    let listing = nft::list_table(TABLE, &op)?.ok_or_else(|| missing("the table".into()))?;
+    let listing =
+        nft::list_table(HOSTPORT, &op)?.ok_or_else(|| HOSTPORT.missing("the table".into()))?;
     for base in [PREROUTING, OUTPUT, HOSTPORTS, POSTROUTING] {
         if !listing.has_chain(base) {
-            return Err(missing(format!("chain {base}")));
+            return Err(HOSTPORT.missing(format!("chain {base}")));
         }
     }
     if !listing.has_chain(&chain) {
-        return Err(missing(format!("chain {chain} of {a}")));
+        return Err(HOSTPORT.missing(format!("chain {chain} of {a}")));
     }
     for key in &plan.ports {
         let present = listing.map_elems(PORTS).any(|(k, v)| {
@@ -512,7 +481,7 @@ pub fn check_port_mappings(
         });
         if !present {
             let (proto, port) = key;
-            return Err(missing(format!(
+            return Err(HOSTPORT.missing(format!(
                 "element {} . {port} : jump {chain} of map {PORTS}",
                 proto.as_str()
             )));
