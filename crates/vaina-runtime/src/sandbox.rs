@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
 use serde::{Deserialize, Serialize};
+use vaina_image::ImageStore;
 use vaina_net::netns::Netns;
 
 use crate::config::Config;
@@ -78,6 +79,7 @@ pub struct Runtime {
     cfg: Config,
     store: Store,
     network: Arc<Network>,
+    images: Arc<ImageStore>,
     sandboxes: Mutex<HashMap<String, SandboxRecord>>,
 }
 
@@ -113,10 +115,15 @@ impl Runtime {
         }
         let store = Store::open(cfg.root.join("sandboxes"))?;
         let network = Arc::new(Network::load(&cfg)?);
+        let images = Arc::new(
+            ImageStore::open(cfg.root.join("images"))
+                .map_err(|e| Error::failed("open the image store", e))?,
+        );
         let rt = Runtime {
             cfg,
             store,
             network,
+            images,
             sandboxes: Mutex::new(HashMap::new()),
         };
         rt.recover()?;
@@ -129,6 +136,12 @@ impl Runtime {
 
     pub fn network(&self) -> &Network {
         &self.network
+    }
+
+    /// The node's image store. Its calls block (file I/O under a lock): async callers use
+    /// `spawn_blocking`.
+    pub fn images(&self) -> Arc<ImageStore> {
+        self.images.clone()
     }
 
     fn recover(&self) -> Result<()> {
