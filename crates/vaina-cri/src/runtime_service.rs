@@ -1,4 +1,4 @@
-//! RuntimeService: sandbox RPCs over `vaina_runtime::Runtime`; container, streaming and
+//! RuntimeService over `vaina_runtime::Runtime`: sandboxes and containers; streaming and
 //! stats RPCs answer Unimplemented until the runtime core has them.
 
 use std::collections::HashMap;
@@ -178,12 +178,122 @@ impl RuntimeService for Service {
 
     async fn list_containers(
         &self,
-        _: Request<cri::ListContainersRequest>,
+        req: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        // No containers yet: sandboxes only.
-        Ok(Response::new(cri::ListContainersResponse {
-            containers: vec![],
+        let f = req.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .rt
+            .list_containers()
+            .iter()
+            .filter(|c| {
+                (f.id.is_empty() || c.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+                    && f.state
+                        .as_ref()
+                        .is_none_or(|s| convert::container_state(c.state) as i32 == s.state)
+                    && matches_labels(&c.config.labels, &f.label_selector)
+            })
+            .map(convert::container)
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let r = req.into_inner();
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("CreateContainer without a config"))?;
+        let id = self
+            .rt
+            .create_container(&r.pod_sandbox_id, config)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
         }))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let id = req.into_inner().container_id;
+        self.rt.start_container(&id).await.map_err(to_status)?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let r = req.into_inner();
+        self.rt
+            .stop_container(&r.container_id, r.timeout)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let id = req.into_inner().container_id;
+        self.rt.remove_container(&id).await.map_err(to_status)?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let r = req.into_inner();
+        let c = self.rt.container(&r.container_id).map_err(to_status)?;
+        let mut info = HashMap::new();
+        if r.verbose {
+            info.insert(
+                "info".into(),
+                format!(
+                    "{{\"sandboxID\":{:?},\"pid\":{},\"runtime\":{:?}}}",
+                    c.sandbox_id,
+                    c.pid,
+                    c.runtime.display().to_string()
+                ),
+            );
+        }
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(convert::container_status(&c)),
+            info,
+        }))
+    }
+
+    async fn exec_sync(
+        &self,
+        req: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let r = req.into_inner();
+        let (stdout, stderr, exit_code) = self
+            .rt
+            .exec_sync(&r.container_id, r.cmd, r.timeout)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        }))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let id = req.into_inner().container_id;
+        self.rt.reopen_container_log(&id).map_err(to_status)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
     async fn list_container_stats(
@@ -230,60 +340,11 @@ impl RuntimeService for Service {
         Err(unimplemented("GetContainerEvents"))
     }
 
-    async fn create_container(
-        &self,
-        _: Request<cri::CreateContainerRequest>,
-    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
-    }
-
-    async fn start_container(
-        &self,
-        _: Request<cri::StartContainerRequest>,
-    ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
-    }
-
-    async fn stop_container(
-        &self,
-        _: Request<cri::StopContainerRequest>,
-    ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
-    }
-
-    async fn remove_container(
-        &self,
-        _: Request<cri::RemoveContainerRequest>,
-    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
-    }
-
-    async fn container_status(
-        &self,
-        _: Request<cri::ContainerStatusRequest>,
-    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
-    }
-
     async fn update_container_resources(
         &self,
         _: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         Err(unimplemented("UpdateContainerResources"))
-    }
-
-    async fn reopen_container_log(
-        &self,
-        _: Request<cri::ReopenContainerLogRequest>,
-    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
-    }
-
-    async fn exec_sync(
-        &self,
-        _: Request<cri::ExecSyncRequest>,
-    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
     }
 
     async fn exec(

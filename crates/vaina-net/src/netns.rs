@@ -184,12 +184,7 @@ impl Netns {
     }
 
     fn is_netns(&self) -> bool {
-        // NS_GET_NSTYPE would be exact; nsfs files for net namespaces are what setns accepts
-        // with CLONE_NEWNET, and /proc/self/ns/net's link text names the type.
-        let link = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-        std::fs::read_link(link)
-            .map(|t| t.to_string_lossy().starts_with("net:["))
-            .unwrap_or(false)
+        is_netns_fd(self.fd.as_raw_fd())
     }
 }
 
@@ -197,6 +192,17 @@ impl AsFd for Netns {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// True when `fd` is a network namespace. Asks the kernel (`NS_GET_NSTYPE`): the fd's
+/// `/proc/self/fd` link text is no witness, since for a bind-mounted namespace (a pin) it
+/// shows the mount path rather than `net:[…]`.
+pub fn is_netns_fd(fd: std::os::fd::RawFd) -> bool {
+    // NS_GET_NSTYPE = _IO(0xb7, 0x3), Linux 4.11+.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: the ioctl reads no memory of ours; a non-nsfs fd gets an error back.
+    let t = unsafe { libc::ioctl(fd, NS_GET_NSTYPE as _) };
+    t == libc::CLONE_NEWNET
 }
 
 /// Runs `f` on a fresh OS thread and returns its result. A thread that changed namespace is

@@ -6,15 +6,19 @@
 //!   `vaina-cni`'s runtime library.
 //! - [`supervisor`]: launching and stopping a pod's `vaina-pod` process.
 //! - [`sandbox`]: RunPodSandbox, Stop, Remove, Status, List, and recovery after a restart.
+//! - [`container`]: Create/Start/Stop/Remove containers, status, ExecSync.
+//! - [`spec`]: the OCI runtime spec of a container.
 //!
 //! Requests use the CRI's own message types (`k8s_cri::v1`) as plain data: they are the
 //! domain model of a node runtime, and a parallel hierarchy of ~50 structs would only be
 //! copied field by field. Nothing here knows about tonic.
 
 pub mod config;
+pub mod container;
 pub mod error;
 pub mod network;
 pub mod sandbox;
+pub mod spec;
 pub mod store;
 pub mod supervisor;
 

@@ -76,11 +76,13 @@ fn namespace_options(c: &PodSandboxConfig) -> (NamespaceMode, NamespaceMode, Nam
 }
 
 pub struct Runtime {
-    cfg: Config,
+    pub(crate) cfg: Config,
     store: Store,
     network: Arc<Network>,
-    images: Arc<ImageStore>,
+    pub(crate) images: Arc<ImageStore>,
     sandboxes: Mutex<HashMap<String, SandboxRecord>>,
+    pub(crate) cstore: Store,
+    pub(crate) containers: Mutex<HashMap<String, crate::container::ContainerRecord>>,
 }
 
 pub fn now_nanos() -> i64 {
@@ -119,14 +121,18 @@ impl Runtime {
             ImageStore::open(cfg.root.join("images"))
                 .map_err(|e| Error::failed("open the image store", e))?,
         );
+        let cstore = Store::open(cfg.root.join("container-records"))?;
         let rt = Runtime {
             cfg,
             store,
             network,
             images,
             sandboxes: Mutex::new(HashMap::new()),
+            cstore,
+            containers: Mutex::new(HashMap::new()),
         };
         rt.recover()?;
+        rt.recover_containers()?;
         Ok(rt)
     }
 
@@ -364,6 +370,9 @@ impl Runtime {
     /// Stopping a stopped sandbox succeeds.
     pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
         let id = self.resolve(id)?;
+        for c in self.containers_of(&id) {
+            self.stop_container(&c, 0).await?;
+        }
         let mut rec = self.get(&id)?;
         let this = self.clone();
         let (rec, res) = tokio::task::spawn_blocking(move || {
@@ -389,6 +398,9 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         self.stop_pod_sandbox(&id).await?;
+        for c in self.containers_of(&id) {
+            self.remove_container(&c).await?;
+        }
         let dir = self.cfg.pods_dir().join(&id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}

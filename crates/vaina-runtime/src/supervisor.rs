@@ -98,7 +98,16 @@ pub fn stop(pid: u32, id: &str) -> Result<()> {
     }
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while is_alive(pid, id) {
+    loop {
+        // vainad is a child subreaper, so a supervisor it launched is its child: reap it
+        // (ECHILD when it is not, e.g. launched by a previous daemon).
+        let _ = nix::sys::wait::waitpid(
+            Pid::from_raw(pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        if !is_alive(pid, id) {
+            break;
+        }
         if Instant::now() > deadline {
             return Err(Error::Internal(format!(
                 "pod supervisor {pid} of sandbox {id} did not exit after SIGKILL"

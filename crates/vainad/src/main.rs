@@ -67,6 +67,9 @@ fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let cfg = config(&args)?;
+    // Pod supervisors leave the daemon's process tree when their launcher exits; as a
+    // subreaper vainad gets them back, so it can reap them when it stops a pod.
+    nix::sys::prctl::set_child_subreaper(true).context("become a child subreaper")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
