@@ -3,6 +3,7 @@
 //! network.
 
 mod demo;
+mod images;
 mod podconfig;
 mod pods;
 mod table;
@@ -59,12 +60,25 @@ enum Cmd {
     Stopp { ids: Vec<String> },
     /// Remove pod sandboxes (stopping them first).
     Rmp { ids: Vec<String> },
+    /// List images.
+    #[command(visible_alias = "img")]
+    Images(images::ListArgs),
+    /// Image store commands that need no daemon (import).
+    #[command(subcommand)]
+    Image(images::ImageCmd),
+    /// Show images' status and config (JSON).
+    Inspecti { refs: Vec<String> },
+    /// Remove images, with all their names.
+    Rmi { refs: Vec<String> },
+    /// Pull an image (vainad: only resolves images already imported; registry pulls later).
+    Pull { reference: String },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Image(a) => images::image(a),
         cmd => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -9,7 +9,7 @@ use k8s_cri::v1 as cri;
 use crate::podconfig::PodConfig;
 use vaina_cri::client;
 
-use crate::{Cmd, Output, table};
+use crate::{Cmd, Output, images, table};
 
 #[derive(clap::Args)]
 pub struct ListArgs {
@@ -36,7 +36,7 @@ pub struct ListArgs {
 pub async fn run(endpoint: &str, cmd: Cmd) -> Result<()> {
     let mut c = client::connect(endpoint).await?;
     match cmd {
-        Cmd::Demo(_) => unreachable!("the demo needs no endpoint"),
+        Cmd::Demo(_) | Cmd::Image(_) => unreachable!("dispatched without an endpoint"),
         Cmd::Version => {
             let v = c
                 .runtime
@@ -112,6 +112,10 @@ pub async fn run(endpoint: &str, cmd: Cmd) -> Result<()> {
                 println!("Removed sandbox {id}");
             }
         }
+        Cmd::Images(a) => images::list(&mut c, a).await?,
+        Cmd::Inspecti { refs } => images::inspect(&mut c, refs).await?,
+        Cmd::Rmi { refs } => images::rmi(&mut c, refs).await?,
+        Cmd::Pull { reference } => images::pull(&mut c, reference).await?,
     }
     Ok(())
 }

@@ -634,6 +634,18 @@ impl Runtime {
         }
     }
 
+    /// Containers (any state) created from image `image_id`: such an image must not be
+    /// removed, its layers are their overlay lower layers.
+    pub fn containers_using_image(&self, image_id: &str) -> Vec<String> {
+        self.containers
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| c.image_id == image_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// Container labels for listing filters.
     pub fn container_labels(r: &ContainerRecord) -> &HashMap<String, String> {
         &r.config.labels

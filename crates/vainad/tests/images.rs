@@ -1,0 +1,367 @@
+//! End to end: the CRI ImageService of `vainad` (started inside a throwaway node namespace
+//! with a temp root) over its socket, with the busybox test image imported into the
+//! daemon's store while it runs, directly and through the `vaina` CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use tonic::Code;
+use vaina_image::ImageStore;
+use vaina_image::testimage::{TestImage, busybox_oci_layout};
+use vaina_testkit::{Node, can_run_ns_tests};
+
+const BUSYBOX: &str = "docker.io/library/busybox:latest";
+
+/// Binaries cargo built next to vainad (the `vaina` CLI among them).
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_vainad"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// vainad in its own node netns with a temp root; killed on drop (no pods are run here).
+struct Daemon {
+    node: Node,
+    root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let node = Node::new();
+        let root = node.path("vaina");
+        let mut d = Daemon {
+            node,
+            root,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root.join("run/vaina.sock")
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// The daemon's image store: vainad's `--root ROOT` keeps it in ROOT/lib/images.
+    fn store_dir(&self) -> PathBuf {
+        self.root.join("lib/images")
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let root = self.root.clone();
+        let child = self.node.run(|| {
+            Command::new(env!("CARGO_BIN_EXE_vainad"))
+                .arg("--root")
+                .arg(&root)
+                .arg("--cni-bin-dir")
+                .arg(bin_dir())
+                .env("VAINA_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn vainad")
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "vainad did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn client(&self) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = rt
+            .block_on(vaina_cri::client::connect(&self.endpoint()))
+            .unwrap();
+        Client { rt, c }
+    }
+
+    /// Runs the `vaina` CLI against this daemon.
+    fn vaina(&self, args: &[&str]) -> Output {
+        let bin = bin_dir().join("vaina");
+        assert!(
+            bin.exists(),
+            "vaina is not built in {}: cargo build -p vaina",
+            bin_dir().display()
+        );
+        Command::new(bin)
+            .arg("--endpoint")
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .expect("run vaina")
+    }
+
+    fn vaina_ok(&self, args: &[&str]) -> String {
+        let out = self.vaina(args);
+        assert!(
+            out.status.success(),
+            "vaina {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Client {
+    rt: tokio::runtime::Runtime,
+    c: vaina_cri::client::Cri,
+}
+
+fn spec(image: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+impl Client {
+    fn list(&mut self, filter: Option<&str>) -> Vec<cri::Image> {
+        let c = &mut self.c.image;
+        let filter = filter.map(|f| cri::ImageFilter { image: spec(f) });
+        self.rt
+            .block_on(c.list_images(cri::ListImagesRequest { filter }))
+            .unwrap()
+            .into_inner()
+            .images
+    }
+
+    fn status(&mut self, image: &str, verbose: bool) -> cri::ImageStatusResponse {
+        let c = &mut self.c.image;
+        self.rt
+            .block_on(c.image_status(cri::ImageStatusRequest {
+                image: spec(image),
+                verbose,
+            }))
+            .unwrap()
+            .into_inner()
+    }
+
+    fn pull(&mut self, image: &str) -> Result<String, tonic::Status> {
+        let c = &mut self.c.image;
+        self.rt
+            .block_on(c.pull_image(cri::PullImageRequest {
+                image: spec(image),
+                ..Default::default()
+            }))
+            .map(|r| r.into_inner().image_ref)
+    }
+
+    fn remove(&mut self, image: &str) -> Result<(), tonic::Status> {
+        let c = &mut self.c.image;
+        self.rt
+            .block_on(c.remove_image(cri::RemoveImageRequest { image: spec(image) }))
+            .map(|_| ())
+    }
+
+    fn fs_info(&mut self) -> cri::FilesystemUsage {
+        let c = &mut self.c.image;
+        let mut r = self
+            .rt
+            .block_on(c.image_fs_info(cri::ImageFsInfoRequest {}))
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.image_filesystems.len(), 1);
+        r.image_filesystems.remove(0)
+    }
+}
+
+#[test]
+fn image_service_lists_resolves_pulls_and_removes_local_images() {
+    if !can_run_ns_tests() {
+        return;
+    }
+    let d = Daemon::start();
+    let mut c = d.client();
+    assert!(c.list(None).is_empty());
+    let empty = c.fs_info();
+
+    // Imported while the daemon runs: the store's lock makes that safe, and the daemon reads
+    // records on each call.
+    let layout = d.node.path("busybox-oci");
+    busybox_oci_layout(&layout, "busybox").unwrap();
+    let imported = ImageStore::open(d.store_dir())
+        .unwrap()
+        .import(&layout)
+        .unwrap();
+    let id = TestImage::busybox().unwrap().id().to_string();
+    assert_eq!(imported[0].id.to_string(), id);
+
+    let images = c.list(None);
+    assert_eq!(images.len(), 1);
+    let image = &images[0];
+    assert_eq!(image.id, id);
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    assert_eq!(image.repo_tags, vec![BUSYBOX.to_string()]);
+    assert_eq!(image.repo_digests.len(), 1);
+    assert!(image.repo_digests[0].starts_with("docker.io/library/busybox@sha256:"));
+    assert!(image.size > 0);
+    assert_eq!(image.spec.as_ref().unwrap().image, id);
+    assert!(!image.pinned);
+    // The test image's config has no User.
+    assert_eq!((image.uid, image.username.as_str()), (None, ""));
+    assert_eq!(c.list(Some("busybox")), images);
+    assert!(c.list(Some("nginx")).is_empty());
+
+    // ImageStatus by short reference, full reference, id, id prefix and repo digest.
+    let digest_ref = image.repo_digests[0].clone();
+    let hex = id.strip_prefix("sha256:").unwrap();
+    for name in [
+        "busybox",
+        "busybox:latest",
+        BUSYBOX,
+        &id,
+        &hex[..12],
+        &digest_ref,
+    ] {
+        let st = c.status(name, false);
+        assert_eq!(st.image.as_ref(), Some(image), "ImageStatus {name}");
+        assert!(st.info.is_empty());
+    }
+    let verbose = c.status("busybox", true);
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["id"], id.as_str());
+    assert_eq!(
+        info["imageSpec"]["config"]["Cmd"],
+        serde_json::json!(["sh"])
+    );
+    assert_eq!(info["imageSpec"]["rootfs"]["type"], "layers");
+    // Missing: no error, no image (kubelet then pulls).
+    let missing = c.status("nginx", true);
+    assert_eq!(missing.image, None);
+    assert!(missing.info.is_empty());
+
+    // PullImage resolves what is stored; anything else is NotFound naming the image.
+    assert_eq!(c.pull("busybox").unwrap(), id);
+    assert_eq!(c.pull(BUSYBOX).unwrap(), id);
+    let e = c.pull("nginx:1.27").unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains("nginx:1.27")
+            && e.message().contains("docker.io/library/nginx:1.27")
+            && e.message().contains("not implemented"),
+        "{}",
+        e.message()
+    );
+    let e = c.pull("Not/Valid").unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = c.pull("").unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // The store's own usage, under its root.
+    let fs = c.fs_info();
+    assert_eq!(
+        fs.fs_id.unwrap().mountpoint,
+        d.store_dir().display().to_string()
+    );
+    let used = fs.used_bytes.unwrap().value;
+    assert!(
+        used > empty.used_bytes.unwrap().value + 500_000,
+        "busybox (about 1 MB) counted: {used}"
+    );
+    assert!(fs.inodes_used.unwrap().value > 0);
+    assert!(fs.timestamp > 0);
+
+    // RemoveImage by short name removes the image; again, and for what never existed: Ok.
+    c.remove("busybox").unwrap();
+    assert!(c.list(None).is_empty());
+    assert_eq!(c.status(&id, false).image, None);
+    assert_eq!(c.pull("busybox").unwrap_err().code(), Code::NotFound);
+    c.remove("busybox").unwrap();
+    c.remove(&id).unwrap();
+    c.remove("nginx").unwrap();
+    assert!(c.fs_info().used_bytes.unwrap().value < used);
+}
+
+#[test]
+fn cli_imports_lists_inspects_pulls_and_removes() {
+    if !can_run_ns_tests() {
+        return;
+    }
+    let d = Daemon::start();
+    let layout = d.node.path("busybox-oci");
+    busybox_oci_layout(&layout, "busybox").unwrap();
+    let id = TestImage::busybox().unwrap().id().to_string();
+
+    // `image import --root` writes the store of `vainad --root` with the same ROOT.
+    let out = d.vaina_ok(&[
+        "image",
+        "import",
+        "--root",
+        d.root.to_str().unwrap(),
+        layout.to_str().unwrap(),
+    ]);
+    assert_eq!(out.trim(), format!("Imported {BUSYBOX} ({id})"));
+
+    let out = d.vaina_ok(&["images"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    // Columns are separated by runs of spaces; "IMAGE ID" has a single one.
+    let header: Vec<&str> = lines[0]
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(header, ["IMAGE", "TAG", "IMAGE ID", "SIZE"]);
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row[..3],
+        ["docker.io/library/busybox", "latest", &id[7..20]]
+    );
+    assert!(row[3].ends_with("MB") || row[3].ends_with("kB"), "{out}");
+    assert_eq!(d.vaina_ok(&["images", "-q", "busybox"]).trim(), id);
+    assert_eq!(d.vaina_ok(&["images", "-q", "nginx"]).trim(), "");
+    let json: serde_json::Value =
+        serde_json::from_str(&d.vaina_ok(&["images", "-o", "json"])).unwrap();
+    assert_eq!(json["images"][0]["id"], id.as_str());
+
+    let json: serde_json::Value =
+        serde_json::from_str(&d.vaina_ok(&["inspecti", "busybox"])).unwrap();
+    assert_eq!(json["status"]["id"], id.as_str());
+    assert_eq!(json["info"]["info"]["imageSpec"]["config"]["Cmd"][0], "sh");
+
+    assert_eq!(
+        d.vaina_ok(&["pull", "busybox"]).trim(),
+        format!("Image is up to date for {id}")
+    );
+    let out = d.vaina(&["pull", "nginx"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NotFound") && err.contains("nginx"), "{err}");
+
+    assert_eq!(
+        d.vaina_ok(&["rmi", "busybox"]).trim(),
+        format!("Deleted: {BUSYBOX}")
+    );
+    assert_eq!(d.vaina_ok(&["images", "-q"]).trim(), "");
+    let out = d.vaina(&["rmi", "busybox"]);
+    assert!(
+        !out.status.success(),
+        "rmi of a missing image fails in the CLI"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such image"));
+}
