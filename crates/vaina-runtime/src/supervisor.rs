@@ -117,3 +117,32 @@ pub fn stop(pid: u32, id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reaps pod supervisors and pod inits that died as children of this process. `vainad` is a
+/// child subreaper, so they come back to it when their launcher or supervisor exits; only
+/// zombies with those names are waited for, so the exit statuses of the daemon's own
+/// commands (OCI runtime, CNI plugins) stay with their callers.
+pub fn reap_orphans() {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        let mut f = tail.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+        if state == Some("Z") && ppid == Some(me) && comm.starts_with("vaina-pod") {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+        }
+    }
+}

@@ -124,3 +124,37 @@ fn ok(cmd: &str, out: Output) -> String {
     );
     stdout
 }
+
+/// Makes the test process a child subreaper, so processes orphaned by what a test started
+/// (a daemon's pod supervisors) come back to it and [`reap_zombies`] can collect them: on
+/// this machine PID 1 does not reap orphans.
+pub fn become_subreaper() {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+}
+
+/// Waits for every zombie child of this process, except `keep` (children a caller still
+/// waits for itself).
+pub fn reap_zombies(keep: &[u32]) {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if keep.contains(&(pid as u32)) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut f = tail.split_whitespace();
+        if f.next() == Some("Z") && f.next().and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+    }
+}

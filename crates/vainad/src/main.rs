@@ -94,6 +94,13 @@ async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("bind {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let _ = tokio::task::spawn_blocking(vaina_runtime::supervisor::reap_orphans).await;
+        }
+    });
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
