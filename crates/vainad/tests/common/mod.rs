@@ -71,14 +71,19 @@ impl Daemon {
 
     /// Starts vainad inside the node namespace (its CNI plugins and nft run there).
     pub fn spawn(&mut self) {
+        self.spawn_with_bin_dirs(&[bin_dir()]);
+    }
+
+    pub fn spawn_with_bin_dirs(&mut self, dirs: &[PathBuf]) {
         let _ = std::fs::remove_file(self.socket());
         let root = self.root.clone();
+        let dirs = std::env::join_paths(dirs).unwrap();
         let child = self.node.run(|| {
             Command::new(env!("CARGO_BIN_EXE_vainad"))
                 .arg("--root")
                 .arg(&root)
                 .arg("--cni-bin-dir")
-                .arg(bin_dir())
+                .arg(&dirs)
                 .env("VAINA_LOG", "warn")
                 .stdin(Stdio::null())
                 .spawn()
