@@ -2,6 +2,8 @@
 //! (vainad by default, containerd or CRI-O with `--endpoint`), and the demo of the pod
 //! network.
 
+mod containerconfig;
+mod containers;
 mod demo;
 mod images;
 mod podconfig;
@@ -72,6 +74,24 @@ enum Cmd {
     Rmi { refs: Vec<String> },
     /// Pull an image (vainad: only resolves images already imported; registry pulls later).
     Pull { reference: String },
+    /// Create a container in a pod from JSON config files (crictl's format); prints its id.
+    Create(containers::CreateArgs),
+    /// Run a pod and a container in it (runp, create, start); prints the container's id.
+    Run(containers::RunArgs),
+    /// Start created containers.
+    Start(containers::IdsArgs),
+    /// Stop running containers (SIGTERM, then SIGKILL after the timeout).
+    Stop(containers::StopArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// List containers (only running ones unless -a).
+    Ps(containers::ListArgs),
+    /// Show containers' status (JSON).
+    Inspect(containers::IdsArgs),
+    /// Run a command in a running container (ExecSync: output once it ends, its exit code).
+    Exec(containers::ExecArgs),
+    /// Print a container's logs (from the log file the runtime reports).
+    Logs(containers::LogsArgs),
 }
 
 fn main() -> std::process::ExitCode {

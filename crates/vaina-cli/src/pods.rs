@@ -1,5 +1,5 @@
-//! CRI client verbs: version, info, and the pod sandbox verbs (runp, pods, inspectp, stopp,
-//! rmp).
+//! CRI client dispatch: version, info and the pod sandbox verbs (runp, pods, inspectp,
+//! stopp, rmp) here; container verbs in `containers`, image verbs in `images`.
 
 use std::collections::HashMap;
 
@@ -116,6 +116,15 @@ pub async fn run(endpoint: &str, cmd: Cmd) -> Result<()> {
         Cmd::Inspecti { refs } => images::inspect(&mut c, refs).await?,
         Cmd::Rmi { refs } => images::rmi(&mut c, refs).await?,
         Cmd::Pull { reference } => images::pull(&mut c, reference).await?,
+        Cmd::Create(a) => crate::containers::create(&mut c, a).await?,
+        Cmd::Run(a) => crate::containers::run(&mut c, a).await?,
+        Cmd::Start(a) => crate::containers::start(&mut c, a).await?,
+        Cmd::Stop(a) => crate::containers::stop(&mut c, a).await?,
+        Cmd::Rm(a) => crate::containers::rm(&mut c, a).await?,
+        Cmd::Ps(a) => crate::containers::list(&mut c, a).await?,
+        Cmd::Inspect(a) => crate::containers::inspect(&mut c, a).await?,
+        Cmd::Exec(a) => crate::containers::exec(&mut c, a).await?,
+        Cmd::Logs(a) => crate::containers::logs(&mut c, a).await?,
     }
     Ok(())
 }
