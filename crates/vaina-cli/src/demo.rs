@@ -65,6 +65,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
 
     println!("== vaina demo: how a node gives its pods a network ==\n");
+    println!("== Part 1: the CNI plugins alone, as a runtime calls them ==\n");
     let node = Netns::create().context("create the node's network namespace")?;
     sh(&node, "ip link set lo up")?;
     println!(
@@ -224,6 +225,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
     if !left_veths.is_empty() || !left_ips.is_empty() || nft.trim() != "0" {
         bail!("teardown left resources behind");
     }
+    println!("\nPart 1 done: nothing left.\n");
+
+    if !plugin_dir.join("vainad").exists() || !plugin_dir.join("vaina-pod").exists() {
+        bail!(
+            "vainad and vaina-pod not found in {} (build with `cargo build --release`)",
+            plugin_dir.display()
+        );
+    }
+    let node = Netns::create().context("create the node's network namespace")?;
+    sh(&node, "ip link set lo up")?;
+    crate::demo_pods::run(&node, &plugin_dir, state.path())?;
     println!("\nDone: nothing left.");
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod containerconfig;
 mod containers;
 mod demo;
+mod demo_pods;
 mod images;
 mod podconfig;
 mod pods;

@@ -101,16 +101,24 @@ async fn run(cfg: Config) -> Result<()> {
             let _ = tokio::task::spawn_blocking(vaina_runtime::supervisor::reap_orphans).await;
         }
     });
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutting down; pods keep running");
-    };
-    vaina_cri::serve(Arc::new(rt), listener, shutdown).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(vaina_cri::serve(Arc::new(rt), listener, async {
+        let _ = stop_rx.await;
+    }));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down; pods keep running");
+    let _ = stop_tx.send(());
+    // Graceful shutdown waits for clients to hang up; a client that keeps its connection
+    // open must not keep the daemon alive.
+    match tokio::time::timeout(std::time::Duration::from_secs(2), server).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => tracing::info!("clients still connected after 2 s: closing"),
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
