@@ -133,7 +133,9 @@ pub fn become_subreaper() {
 }
 
 /// Waits for every zombie child of this process, except `keep` (children a caller still
-/// waits for itself).
+/// waits for itself). Call it only where no other thread of the process is waiting for a
+/// child of its own (it could take that child's status): the test suite runs under
+/// nextest, one process per test.
 pub fn reap_zombies(keep: &[u32]) {
     let me = std::process::id();
     let Ok(rd) = std::fs::read_dir("/proc") else {

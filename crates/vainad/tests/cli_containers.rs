@@ -5,38 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use common::*;
 use vaina_image::testimage::busybox_oci_layout;
 use vaina_testkit::can_run_ns_tests;
-
-/// Runs the `vaina` CLI (built next to vainad) against this daemon.
-fn vaina(d: &Daemon, args: &[&str]) -> Output {
-    let bin = bin_dir().join("vaina");
-    assert!(
-        bin.exists(),
-        "vaina is not built in {}: cargo build -p vaina",
-        bin_dir().display()
-    );
-    Command::new(bin)
-        .arg("--endpoint")
-        .arg(format!("unix://{}", d.socket().display()))
-        .args(args)
-        .output()
-        .expect("run vaina")
-}
-
-fn vaina_ok(d: &Daemon, args: &[&str]) -> String {
-    let out = vaina(d, args);
-    assert!(
-        out.status.success(),
-        "vaina {args:?} ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn write_json(path: PathBuf, v: serde_json::Value) -> PathBuf {
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
@@ -68,10 +40,7 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
     }
     let d = Daemon::start();
     let layout = busybox_oci_layout(&d.node.path("busybox-oci"), "busybox").unwrap();
-    let out = vaina_ok(
-        &d,
-        &["image", "import", "--root", arg(&d.root), arg(&layout)],
-    );
+    let out = d.vaina_ok(&["image", "import", "--root", arg(&d.root), arg(&layout)]);
     assert!(out.starts_with(&format!("Imported {BUSYBOX}")), "{out}");
 
     let logs = d.root.join("logs/cli-pod");
@@ -96,30 +65,31 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
         }),
     );
 
-    let pod = vaina_ok(&d, &["runp", arg(&pod_json)]).trim().to_string();
+    let pod = d.vaina_ok(&["runp", arg(&pod_json)]).trim().to_string();
 
     // A malformed config is refused before anything is made, naming the field.
     let bad = write_json(
         d.node.path("bad.json"),
         serde_json::json!({"metadata": {"name": "bad"}, "imagen": {"image": "busybox"}}),
     );
-    let out = vaina(&d, &["create", &pod, arg(&bad), arg(&pod_json)]);
+    let out = d.vaina(&["create", &pod, arg(&bad), arg(&pod_json)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("imagen") && err.contains("bad.json"), "{err}");
 
-    let id = vaina_ok(&d, &["create", &pod, arg(&ctr_json), arg(&pod_json)])
+    let id = d
+        .vaina_ok(&["create", &pod, arg(&ctr_json), arg(&pod_json)])
         .trim()
         .to_string();
     assert_eq!(id.len(), 64, "container id: {id:?}");
-    let out = vaina_ok(&d, &["ps"]);
+    let out = d.vaina_ok(&["ps"]);
     assert_eq!(table(&out).len(), 1, "created is not running: {out}");
-    let out = vaina_ok(&d, &["ps", "-a"]);
+    let out = d.vaina_ok(&["ps", "-a"]);
     assert_eq!(table(&out)[1][3], "Created", "{out}");
-    assert_eq!(vaina_ok(&d, &["start", &id[..12]]).trim(), &id[..12]);
+    assert_eq!(d.vaina_ok(&["start", &id[..12]]).trim(), &id[..12]);
 
     // ps: crictl's table, only running containers by default; filters.
-    let out = vaina_ok(&d, &["ps"]);
+    let out = d.vaina_ok(&["ps"]);
     let rows = table(&out);
     assert_eq!(
         rows[0],
@@ -139,21 +109,17 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
     assert_eq!(rows[1][1], "busybox");
     assert!(rows[1][2].ends_with("ago"), "{out}");
     assert_eq!(rows[1][3..], ["Running", "hola", "0", &pod[..13]], "{out}");
-    assert_eq!(vaina_ok(&d, &["ps", "-q"]).trim(), id);
-    assert_eq!(vaina_ok(&d, &["ps", "-q", "--pod", &pod[..8]]).trim(), id);
-    assert_eq!(vaina_ok(&d, &["ps", "-q", "--label", "app=cli"]).trim(), id);
-    assert_eq!(
-        vaina_ok(&d, &["ps", "-q", "--label", "app=other"]).trim(),
-        ""
-    );
-    assert_eq!(vaina_ok(&d, &["ps", "-q", "--name", "hol"]).trim(), id);
-    assert_eq!(vaina_ok(&d, &["ps", "-q", "--state", "exited"]).trim(), "");
-    let json: serde_json::Value =
-        serde_json::from_str(&vaina_ok(&d, &["ps", "-o", "json"])).unwrap();
+    assert_eq!(d.vaina_ok(&["ps", "-q"]).trim(), id);
+    assert_eq!(d.vaina_ok(&["ps", "-q", "--pod", &pod[..8]]).trim(), id);
+    assert_eq!(d.vaina_ok(&["ps", "-q", "--label", "app=cli"]).trim(), id);
+    assert_eq!(d.vaina_ok(&["ps", "-q", "--label", "app=other"]).trim(), "");
+    assert_eq!(d.vaina_ok(&["ps", "-q", "--name", "hol"]).trim(), id);
+    assert_eq!(d.vaina_ok(&["ps", "-q", "--state", "exited"]).trim(), "");
+    let json: serde_json::Value = serde_json::from_str(&d.vaina_ok(&["ps", "-o", "json"])).unwrap();
     assert_eq!(json["containers"][0]["id"], id.as_str());
 
     // inspect: ContainerStatus with the runtime's verbose info embedded as JSON.
-    let json: serde_json::Value = serde_json::from_str(&vaina_ok(&d, &["inspect", &id])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&d.vaina_ok(&["inspect", &id])).unwrap();
     assert_eq!(json["status"]["id"], id.as_str());
     assert_eq!(
         json["status"]["log_path"],
@@ -162,37 +128,31 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
     assert!(json["info"]["info"]["pid"].as_i64().unwrap() > 0, "{json}");
 
     // exec -s: the container sees the pod's IP (from inspectp) on eth0.
-    let json: serde_json::Value = serde_json::from_str(&vaina_ok(&d, &["inspectp", &pod])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&d.vaina_ok(&["inspectp", &pod])).unwrap();
     let ip = json["status"]["network"]["ip"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(ip.starts_with("10.88."), "{json}");
-    let out = vaina_ok(
-        &d,
-        &[
-            "exec", "-s", &id, "--", "ip", "-4", "-o", "addr", "show", "eth0",
-        ],
-    );
+    let out = d.vaina_ok(&[
+        "exec", "-s", &id, "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
     assert!(out.contains(&format!("inet {ip}/16")), "{out}");
     // The command's stderr and exit code become the CLI's.
-    let out = vaina(
-        &d,
-        &[
-            "exec",
-            "-s",
-            &id,
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; exit 3",
-        ],
-    );
+    let out = d.vaina(&[
+        "exec",
+        "-s",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     // Without -s: said plainly, then done synchronously anyway.
-    let out = vaina(&d, &["exec", &id, "echo", "sync"]);
+    let out = d.vaina(&["exec", &id, "echo", "sync"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "sync\n");
     assert!(
@@ -202,30 +162,30 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
 
     // logs: the messages of the CRI log file.
     let out = eventually("hola logged", || {
-        let out = vaina_ok(&d, &["logs", &id]);
+        let out = d.vaina_ok(&["logs", &id]);
         (!out.is_empty()).then_some(out)
     });
     assert_eq!(out, "hola\n");
-    let out = vaina_ok(&d, &["logs", "--timestamps", &id]);
+    let out = d.vaina_ok(&["logs", "--timestamps", &id]);
     let (ts, msg) = out.trim_end().split_once(' ').unwrap();
     assert!(ts.contains('T') && ts.ends_with('Z'), "{out}");
     assert_eq!(msg, "hola");
-    assert_eq!(vaina_ok(&d, &["logs", "--tail", "0", &id]), "");
+    assert_eq!(d.vaina_ok(&["logs", "--tail", "0", &id]), "");
 
     // rm refuses a running container without -f.
-    let out = vaina(&d, &["rm", &id]);
+    let out = d.vaina(&["rm", &id]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is running"));
 
     // stop: sh as PID 1 ignores SIGTERM, so SIGKILL after the 1 s timeout.
-    assert_eq!(vaina_ok(&d, &["stop", "-t", "1", &id]).trim(), id);
-    assert_eq!(vaina_ok(&d, &["ps", "-q"]).trim(), "");
-    let out = vaina_ok(&d, &["ps", "-a"]);
+    assert_eq!(d.vaina_ok(&["stop", "-t", "1", &id]).trim(), id);
+    assert_eq!(d.vaina_ok(&["ps", "-q"]).trim(), "");
+    let out = d.vaina_ok(&["ps", "-a"]);
     let rows = table(&out);
     assert_eq!(rows.len(), 2, "{out}");
     assert_eq!(rows[1][3], "Exited", "{out}");
-    assert_eq!(vaina_ok(&d, &["ps", "-q", "--state", "exited"]).trim(), id);
-    assert_eq!(vaina_ok(&d, &["logs", "-f", &id]), "hola\n", "follow ends");
+    assert_eq!(d.vaina_ok(&["ps", "-q", "--state", "exited"]).trim(), id);
+    assert_eq!(d.vaina_ok(&["logs", "-f", &id]), "hola\n", "follow ends");
 
     // run: a pod and a container in one go; rm -f stops it; stderr lines go to stderr.
     let pod2_json = write_json(
@@ -244,12 +204,13 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
             "log_path": "both.log"
         }),
     );
-    let id2 = vaina_ok(&d, &["run", arg(&ctr2_json), arg(&pod2_json)])
+    let id2 = d
+        .vaina_ok(&["run", arg(&ctr2_json), arg(&pod2_json)])
         .trim()
         .to_string();
-    assert_eq!(vaina_ok(&d, &["ps", "-q"]).trim(), id2);
+    assert_eq!(d.vaina_ok(&["ps", "-q"]).trim(), id2);
     let out = eventually("both logged", || {
-        let out = vaina(&d, &["logs", &id2]);
+        let out = d.vaina(&["logs", &id2]);
         (!out.stderr.is_empty()).then_some(out)
     });
     assert_eq!(String::from_utf8_lossy(&out.stdout), "uno\n");
@@ -263,24 +224,25 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
         d.node.path("pod3.json"),
         serde_json::json!({"metadata": {"name": "cli-undo", "namespace": "default", "uid": "u3"}}),
     );
-    let out = vaina(&d, &["run", arg(&missing), arg(&pod3_json)]);
+    let out = d.vaina(&["run", arg(&missing), arg(&pod3_json)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nginx:1.27"), "{err}");
-    assert_eq!(vaina_ok(&d, &["pods", "-q", "--name", "cli-undo"]), "");
+    assert_eq!(d.vaina_ok(&["pods", "-q", "--name", "cli-undo"]), "");
     assert_eq!(d.node.veths().len(), 2, "pod and pod2 only");
-    let pod2 = vaina_ok(&d, &["pods", "-q", "--name", "cli-run"])
+    let pod2 = d
+        .vaina_ok(&["pods", "-q", "--name", "cli-run"])
         .trim()
         .to_string();
-    assert_eq!(vaina_ok(&d, &["rm", "-f", &id2]).trim(), id2);
+    assert_eq!(d.vaina_ok(&["rm", "-f", &id2]).trim(), id2);
 
-    assert_eq!(vaina_ok(&d, &["rm", &id]).trim(), id);
-    assert_eq!(vaina_ok(&d, &["ps", "-a", "-q"]).trim(), "");
-    let out = vaina(&d, &["logs", &id]);
+    assert_eq!(d.vaina_ok(&["rm", &id]).trim(), id);
+    assert_eq!(d.vaina_ok(&["ps", "-a", "-q"]).trim(), "");
+    let out = d.vaina(&["logs", &id]);
     assert!(!out.status.success(), "logs of a removed container");
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
-    vaina_ok(&d, &["rmp", &pod, &pod2]);
-    assert_eq!(vaina_ok(&d, &["pods", "-q"]).trim(), "");
+    d.vaina_ok(&["rmp", &pod, &pod2]);
+    assert_eq!(d.vaina_ok(&["pods", "-q"]).trim(), "");
 
     // Nothing left: no veth on the node, no mount under the root, no supervisor.
     assert!(

@@ -2,135 +2,14 @@
 //! with a temp root) over its socket, with the busybox test image imported into the
 //! daemon's store while it runs, directly and through the `vaina` CLI.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use common::*;
 use k8s_cri::v1 as cri;
 use tonic::Code;
 use vaina_image::ImageStore;
 use vaina_image::testimage::{TestImage, busybox_oci_layout};
-use vaina_testkit::{Node, can_run_ns_tests};
-
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
-
-/// Binaries cargo built next to vainad (the `vaina` CLI among them).
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_vainad"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// vainad in its own node netns with a temp root; killed on drop (no pods are run here).
-struct Daemon {
-    node: Node,
-    root: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        let node = Node::new();
-        let root = node.path("vaina");
-        let mut d = Daemon {
-            node,
-            root,
-            child: None,
-        };
-        d.spawn();
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.root.join("run/vaina.sock")
-    }
-
-    fn endpoint(&self) -> String {
-        format!("unix://{}", self.socket().display())
-    }
-
-    /// The daemon's image store: vainad's `--root ROOT` keeps it in ROOT/lib/images.
-    fn store_dir(&self) -> PathBuf {
-        self.root.join("lib/images")
-    }
-
-    fn spawn(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let root = self.root.clone();
-        let child = self.node.run(|| {
-            Command::new(env!("CARGO_BIN_EXE_vainad"))
-                .arg("--root")
-                .arg(&root)
-                .arg("--cni-bin-dir")
-                .arg(bin_dir())
-                .env("VAINA_LOG", "warn")
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawn vainad")
-        });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "vainad did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn client(&self) -> Client {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let c = rt
-            .block_on(vaina_cri::client::connect(&self.endpoint()))
-            .unwrap();
-        Client { rt, c }
-    }
-
-    /// Runs the `vaina` CLI against this daemon.
-    fn vaina(&self, args: &[&str]) -> Output {
-        let bin = bin_dir().join("vaina");
-        assert!(
-            bin.exists(),
-            "vaina is not built in {}: cargo build -p vaina",
-            bin_dir().display()
-        );
-        Command::new(bin)
-            .arg("--endpoint")
-            .arg(self.endpoint())
-            .args(args)
-            .output()
-            .expect("run vaina")
-    }
-
-    fn vaina_ok(&self, args: &[&str]) -> String {
-        let out = self.vaina(args);
-        assert!(
-            out.status.success(),
-            "vaina {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Client {
-    rt: tokio::runtime::Runtime,
-    c: vaina_cri::client::Cri,
-}
+use vaina_testkit::can_run_ns_tests;
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {
     Some(cri::ImageSpec {
@@ -139,8 +18,9 @@ fn spec(image: &str) -> Option<cri::ImageSpec> {
     })
 }
 
+/// The ImageService calls, on the shared CRI client.
 impl Client {
-    fn list(&mut self, filter: Option<&str>) -> Vec<cri::Image> {
+    fn list_images(&mut self, filter: Option<&str>) -> Vec<cri::Image> {
         let c = &mut self.c.image;
         let filter = filter.map(|f| cri::ImageFilter { image: spec(f) });
         self.rt
@@ -150,7 +30,7 @@ impl Client {
             .images
     }
 
-    fn status(&mut self, image: &str, verbose: bool) -> cri::ImageStatusResponse {
+    fn image_status(&mut self, image: &str, verbose: bool) -> cri::ImageStatusResponse {
         let c = &mut self.c.image;
         self.rt
             .block_on(c.image_status(cri::ImageStatusRequest {
@@ -161,7 +41,7 @@ impl Client {
             .into_inner()
     }
 
-    fn pull(&mut self, image: &str) -> Result<String, tonic::Status> {
+    fn pull_image(&mut self, image: &str) -> Result<String, tonic::Status> {
         let c = &mut self.c.image;
         self.rt
             .block_on(c.pull_image(cri::PullImageRequest {
@@ -171,14 +51,14 @@ impl Client {
             .map(|r| r.into_inner().image_ref)
     }
 
-    fn remove(&mut self, image: &str) -> Result<(), tonic::Status> {
+    fn remove_image(&mut self, image: &str) -> Result<(), tonic::Status> {
         let c = &mut self.c.image;
         self.rt
             .block_on(c.remove_image(cri::RemoveImageRequest { image: spec(image) }))
             .map(|_| ())
     }
 
-    fn fs_info(&mut self) -> cri::FilesystemUsage {
+    fn image_fs_info(&mut self) -> cri::FilesystemUsage {
         let c = &mut self.c.image;
         let mut r = self
             .rt
@@ -197,8 +77,8 @@ fn image_service_lists_resolves_pulls_and_removes_local_images() {
     }
     let d = Daemon::start();
     let mut c = d.client();
-    assert!(c.list(None).is_empty());
-    let empty = c.fs_info();
+    assert!(c.list_images(None).is_empty());
+    let empty = c.image_fs_info();
 
     // Imported while the daemon runs: the store's lock makes that safe, and the daemon reads
     // records on each call.
@@ -211,7 +91,7 @@ fn image_service_lists_resolves_pulls_and_removes_local_images() {
     let id = TestImage::busybox().unwrap().id().to_string();
     assert_eq!(imported[0].id.to_string(), id);
 
-    let images = c.list(None);
+    let images = c.list_images(None);
     assert_eq!(images.len(), 1);
     let image = &images[0];
     assert_eq!(image.id, id);
@@ -224,8 +104,8 @@ fn image_service_lists_resolves_pulls_and_removes_local_images() {
     assert!(!image.pinned);
     // The test image's config has no User.
     assert_eq!((image.uid, image.username.as_str()), (None, ""));
-    assert_eq!(c.list(Some("busybox")), images);
-    assert!(c.list(Some("nginx")).is_empty());
+    assert_eq!(c.list_images(Some("busybox")), images);
+    assert!(c.list_images(Some("nginx")).is_empty());
 
     // ImageStatus by short reference, full reference, id, id prefix and repo digest.
     let digest_ref = image.repo_digests[0].clone();
@@ -238,11 +118,11 @@ fn image_service_lists_resolves_pulls_and_removes_local_images() {
         &hex[..12],
         &digest_ref,
     ] {
-        let st = c.status(name, false);
+        let st = c.image_status(name, false);
         assert_eq!(st.image.as_ref(), Some(image), "ImageStatus {name}");
         assert!(st.info.is_empty());
     }
-    let verbose = c.status("busybox", true);
+    let verbose = c.image_status("busybox", true);
     let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
     assert_eq!(info["id"], id.as_str());
     assert_eq!(
@@ -251,14 +131,14 @@ fn image_service_lists_resolves_pulls_and_removes_local_images() {
     );
     assert_eq!(info["imageSpec"]["rootfs"]["type"], "layers");
     // Missing: no error, no image (kubelet then pulls).
-    let missing = c.status("nginx", true);
+    let missing = c.image_status("nginx", true);
     assert_eq!(missing.image, None);
     assert!(missing.info.is_empty());
 
     // PullImage resolves what is stored; anything else is NotFound naming the image.
-    assert_eq!(c.pull("busybox").unwrap(), id);
-    assert_eq!(c.pull(BUSYBOX).unwrap(), id);
-    let e = c.pull("nginx:1.27").unwrap_err();
+    assert_eq!(c.pull_image("busybox").unwrap(), id);
+    assert_eq!(c.pull_image(BUSYBOX).unwrap(), id);
+    let e = c.pull_image("nginx:1.27").unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(
         e.message().contains("nginx:1.27")
@@ -267,13 +147,13 @@ fn image_service_lists_resolves_pulls_and_removes_local_images() {
         "{}",
         e.message()
     );
-    let e = c.pull("Not/Valid").unwrap_err();
+    let e = c.pull_image("Not/Valid").unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = c.pull("").unwrap_err();
+    let e = c.pull_image("").unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // The store's own usage, under its root.
-    let fs = c.fs_info();
+    let fs = c.image_fs_info();
     assert_eq!(
         fs.fs_id.unwrap().mountpoint,
         d.store_dir().display().to_string()
@@ -287,14 +167,14 @@ fn image_service_lists_resolves_pulls_and_removes_local_images() {
     assert!(fs.timestamp > 0);
 
     // RemoveImage by short name removes the image; again, and for what never existed: Ok.
-    c.remove("busybox").unwrap();
-    assert!(c.list(None).is_empty());
-    assert_eq!(c.status(&id, false).image, None);
-    assert_eq!(c.pull("busybox").unwrap_err().code(), Code::NotFound);
-    c.remove("busybox").unwrap();
-    c.remove(&id).unwrap();
-    c.remove("nginx").unwrap();
-    assert!(c.fs_info().used_bytes.unwrap().value < used);
+    c.remove_image("busybox").unwrap();
+    assert!(c.list_images(None).is_empty());
+    assert_eq!(c.image_status(&id, false).image, None);
+    assert_eq!(c.pull_image("busybox").unwrap_err().code(), Code::NotFound);
+    c.remove_image("busybox").unwrap();
+    c.remove_image(&id).unwrap();
+    c.remove_image("nginx").unwrap();
+    assert!(c.image_fs_info().used_bytes.unwrap().value < used);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
@@ -14,7 +14,7 @@ use vaina_testkit::Node;
 
 pub const BUSYBOX: &str = "docker.io/library/busybox:latest";
 
-/// Binaries cargo built next to vainad (vaina-pod, the plugins, the CLI).
+/// Binaries cargo built next to vainad (vaina-pod, the plugins, the `vaina` CLI).
 pub fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_vainad"))
         .parent()
@@ -59,11 +59,20 @@ impl Daemon {
         self.root.join("run/vaina.sock")
     }
 
-    /// Imports the busybox test image into the daemon's store (ROOT/lib/images).
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// The daemon's image store: vainad's `--root ROOT` keeps it in ROOT/lib/images.
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("lib/images")
+    }
+
+    /// Imports the busybox test image into the daemon's store.
     pub fn import_busybox(&self) {
         let dir = self.node.path("busybox-layout");
         let layout = vaina_image::testimage::busybox_oci_layout(&dir, BUSYBOX).unwrap();
-        vaina_image::ImageStore::open(self.root.join("lib/images"))
+        vaina_image::ImageStore::open(self.store_dir())
             .unwrap()
             .import(&layout)
             .unwrap();
@@ -112,9 +121,38 @@ impl Daemon {
             .enable_all()
             .build()
             .unwrap();
-        let endpoint = format!("unix://{}", self.socket().display());
-        let c = rt.block_on(vaina_cri::client::connect(&endpoint)).unwrap();
+        let c = rt
+            .block_on(vaina_cri::client::connect(&self.endpoint()))
+            .unwrap();
         Client { rt, c }
+    }
+
+    /// Runs the `vaina` CLI (built next to vainad) against this daemon.
+    pub fn vaina(&self, args: &[&str]) -> Output {
+        let bin = bin_dir().join("vaina");
+        assert!(
+            bin.exists(),
+            "vaina is not built in {}: cargo build -p vaina",
+            bin_dir().display()
+        );
+        Command::new(bin)
+            .arg("--endpoint")
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .expect("run vaina")
+    }
+
+    /// Runs the `vaina` CLI and returns its stdout, panicking with its stderr on failure.
+    pub fn vaina_ok(&self, args: &[&str]) -> String {
+        let out = self.vaina(args);
+        assert!(
+            out.status.success(),
+            "vaina {args:?} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     pub fn pin(&self, id: &str) -> PathBuf {
@@ -269,6 +307,24 @@ impl Client {
             .ip
             .parse()
             .unwrap()
+    }
+
+    pub fn list_pods(&mut self) -> Vec<cri::PodSandbox> {
+        let c = &mut self.c.runtime;
+        self.rt
+            .block_on(c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }))
+            .unwrap()
+            .into_inner()
+            .items
+    }
+
+    pub fn stop_pod(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let c = &mut self.c.runtime;
+        self.rt
+            .block_on(c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }))
+            .map(|_| ())
     }
 
     pub fn remove_pod(&mut self, id: &str) -> Result<(), tonic::Status> {
