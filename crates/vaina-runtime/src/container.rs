@@ -6,7 +6,6 @@
 //! its stdout/stderr go to the supervisor, which writes the CRI log and records the exit.
 //! Start, kill, delete and exec are short OCI runtime commands run by the daemon.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -644,11 +643,6 @@ impl Runtime {
             .filter(|c| c.image_id == image_id)
             .map(|c| c.id.clone())
             .collect()
-    }
-
-    /// Container labels for listing filters.
-    pub fn container_labels(r: &ContainerRecord) -> &HashMap<String, String> {
-        &r.config.labels
     }
 }
 
