@@ -300,9 +300,7 @@ impl RuntimeService for Service {
         &self,
         _: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Ok(Response::new(cri::ListContainerStatsResponse {
-            stats: vec![],
-        }))
+        Err(unimplemented("ListContainerStats"))
     }
 
     async fn list_pod_sandbox_stats(
