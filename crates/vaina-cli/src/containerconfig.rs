@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use k8s_cri::v1 as cri;
 use serde::Deserialize;
 
-use crate::podconfig::Enum;
+use crate::podconfig::{Enum, NAMESPACE_MODES};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -127,32 +127,12 @@ pub struct SecurityProfile {
     pub localhost_ref: String,
 }
 
-const NAMESPACE_MODES: &[&str] = &["POD", "CONTAINER", "NODE", "TARGET"];
 const PROPAGATIONS: &[&str] = &[
     "PROPAGATION_PRIVATE",
     "PROPAGATION_HOST_TO_CONTAINER",
     "PROPAGATION_BIDIRECTIONAL",
 ];
 const PROFILE_TYPES: &[&str] = &["RuntimeDefault", "Unconfined", "Localhost"];
-
-/// The value of `e` among `names` (the enum's protobuf names, in number order); a name may
-/// leave out the common prefix (`BIDIRECTIONAL` for `PROPAGATION_BIDIRECTIONAL`) and is
-/// matched without regard to case.
-fn enum_value(e: &Enum, names: &[&str], prefix: &str, what: &str) -> Result<i32> {
-    match e {
-        Enum::Number(n) if (0..names.len() as i32).contains(n) => Ok(*n),
-        Enum::Number(n) => anyhow::bail!("invalid {what} {n} (0 to {})", names.len() - 1),
-        Enum::Name(s) => names
-            .iter()
-            .position(|n| {
-                n.eq_ignore_ascii_case(s)
-                    || n.strip_prefix(prefix)
-                        .is_some_and(|short| !prefix.is_empty() && short.eq_ignore_ascii_case(s))
-            })
-            .map(|i| i as i32)
-            .with_context(|| format!("invalid {what} {s:?} (one of {names:?})")),
-    }
-}
 
 impl ContainerConfig {
     pub fn parse(text: &str, origin: &str) -> Result<ContainerConfig> {
@@ -166,8 +146,7 @@ impl ContainerConfig {
             .enumerate()
             .map(|(i, m)| {
                 Ok(cri::Mount {
-                    propagation: enum_value(
-                        &m.propagation,
+                    propagation: m.propagation.value(
                         PROPAGATIONS,
                         "PROPAGATION_",
                         &format!("mounts[{i}].propagation"),
@@ -241,9 +220,11 @@ impl SecurityContext {
         let namespace_options = match self.namespace_options {
             None => None,
             Some(ns) => Some(cri::NamespaceOption {
-                network: enum_value(&ns.network, NAMESPACE_MODES, "", "network namespace mode")?,
-                pid: enum_value(&ns.pid, NAMESPACE_MODES, "", "pid namespace mode")?,
-                ipc: enum_value(&ns.ipc, NAMESPACE_MODES, "", "ipc namespace mode")?,
+                network: ns
+                    .network
+                    .value(NAMESPACE_MODES, "", "network namespace mode")?,
+                pid: ns.pid.value(NAMESPACE_MODES, "", "pid namespace mode")?,
+                ipc: ns.ipc.value(NAMESPACE_MODES, "", "ipc namespace mode")?,
                 target_id: ns.target_id,
                 ..Default::default()
             }),
@@ -251,12 +232,9 @@ impl SecurityContext {
         let seccomp = match self.seccomp {
             None => None,
             Some(p) => Some(cri::SecurityProfile {
-                profile_type: enum_value(
-                    &p.profile_type,
-                    PROFILE_TYPES,
-                    "",
-                    "seccomp profile_type",
-                )?,
+                profile_type: p
+                    .profile_type
+                    .value(PROFILE_TYPES, "", "seccomp profile_type")?,
                 localhost_ref: p.localhost_ref,
             }),
         };

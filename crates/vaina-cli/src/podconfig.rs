@@ -84,19 +84,28 @@ impl Default for Enum {
 }
 
 impl Enum {
-    fn value(&self, names: &[&str], what: &str) -> Result<i32> {
+    /// The value among `names` (the enum's protobuf names, in number order); a name may
+    /// leave out the common `prefix` (`BIDIRECTIONAL` for `PROPAGATION_BIDIRECTIONAL`) and
+    /// is matched without regard to case.
+    pub fn value(&self, names: &[&str], prefix: &str, what: &str) -> Result<i32> {
         match self {
-            Enum::Number(n) => Ok(*n),
+            Enum::Number(n) if (0..names.len() as i32).contains(n) => Ok(*n),
+            Enum::Number(n) => anyhow::bail!("invalid {what} {n} (0 to {})", names.len() - 1),
             Enum::Name(s) => names
                 .iter()
-                .position(|n| n.eq_ignore_ascii_case(s))
+                .position(|n| {
+                    n.eq_ignore_ascii_case(s)
+                        || n.strip_prefix(prefix).is_some_and(|short| {
+                            !prefix.is_empty() && short.eq_ignore_ascii_case(s)
+                        })
+                })
                 .map(|i| i as i32)
                 .with_context(|| format!("invalid {what} {s:?} (one of {names:?})")),
         }
     }
 }
 
-const NAMESPACE_MODES: &[&str] = &["POD", "CONTAINER", "NODE", "TARGET"];
+pub const NAMESPACE_MODES: &[&str] = &["POD", "CONTAINER", "NODE", "TARGET"];
 const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
 
 impl PodConfig {
@@ -125,7 +134,7 @@ impl PodConfig {
                 .iter()
                 .map(|p| {
                     Ok(cri::PortMapping {
-                        protocol: p.protocol.value(PROTOCOLS, "protocol")?,
+                        protocol: p.protocol.value(PROTOCOLS, "", "protocol")?,
                         container_port: p.container_port,
                         host_port: p.host_port,
                         host_ip: p.host_ip.clone(),
@@ -141,9 +150,9 @@ impl PodConfig {
                     namespace_options: Some(cri::NamespaceOption {
                         network: ns
                             .network
-                            .value(NAMESPACE_MODES, "network namespace mode")?,
-                        pid: ns.pid.value(NAMESPACE_MODES, "pid namespace mode")?,
-                        ipc: ns.ipc.value(NAMESPACE_MODES, "ipc namespace mode")?,
+                            .value(NAMESPACE_MODES, "", "network namespace mode")?,
+                        pid: ns.pid.value(NAMESPACE_MODES, "", "pid namespace mode")?,
+                        ipc: ns.ipc.value(NAMESPACE_MODES, "", "ipc namespace mode")?,
                         ..Default::default()
                     }),
                     privileged: self.linux.security_context.privileged,
