@@ -83,8 +83,9 @@ pub(crate) fn write(path: &Path, info: &CachedInfo) -> io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        // No fsync, as libcni: the cache only has to outlive the runtime process, and
+        // after a power loss every attachment it describes is gone anyway.
         f.write_all(&bytes)?;
-        f.sync_all()?;
         fs::rename(&tmp, path)
     })();
     if written.is_err() {

@@ -110,9 +110,14 @@ impl Plugin for Portmap {
     }
 
     /// The runtime passes DEL the `runtimeConfig` it gave ADD: with its mappings the rules
-    /// are deleted by key, without listing the table first.
+    /// are deleted by key, without listing the table first. Without mappings there is
+    /// nothing to delete (as the reference: ADD made nothing), and no nft transaction is
+    /// paid; rules of a runtime that lost its mappings are left to GC.
     fn del(&self, a: &CmdArgs) -> Result<(), CniError> {
         let conf = PortmapConf::parse(&a.stdin)?;
+        if conf.mappings().is_empty() {
+            return Ok(());
+        }
         portmap::del_port_mappings(&attachment(&conf, a), conf.mappings())
             .map_err(|e| CniError::io(error_chain(&e)))
     }

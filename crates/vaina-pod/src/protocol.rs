@@ -66,6 +66,12 @@ pub enum Request {
     Forget { id: String },
     /// Answers, then exits, if no container is running; an error otherwise.
     Shutdown,
+    /// Sends `signal` to the container's init. The supervisor is its reaper, so the pid
+    /// cannot have been recycled; an init that has exited is not signalled (`Ok` anyway).
+    Kill { id: String, signal: i32 },
+    /// Answered with [`Response::Waited`] as soon as the container has exited, or after
+    /// `timeout_ms` with `exited: false`.
+    Wait { id: String, timeout_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,8 +86,12 @@ pub enum Response {
         containers: Vec<ContainerState>,
     },
     Info(PodInfo),
-    /// The request was carried out (`ReopenLog`, `Forget`, `Shutdown`).
+    /// The request was carried out (`ReopenLog`, `Forget`, `Shutdown`, `Kill`).
     Ok,
+    /// The answer to `Wait`.
+    Waited {
+        exited: bool,
+    },
     Error {
         kind: ErrorKind,
         message: String,

@@ -48,6 +48,8 @@ pub(crate) struct Supervisor {
     creating: Vec<Creating>,
     containers: Vec<Container>,
     unclaimed: VecDeque<(Pid, Exit, Instant)>,
+    /// `Wait` requests not answered yet: connection, container id, deadline.
+    waiters: Vec<(u64, String, Instant)>,
     next_serial: u64,
     exiting: bool,
     buf: Vec<u8>,
@@ -100,6 +102,7 @@ impl Supervisor {
             creating: Vec::new(),
             containers: Vec::new(),
             unclaimed: VecDeque::new(),
+            waiters: Vec::new(),
             next_serial: 1,
             exiting: false,
             buf: Vec::new(),
@@ -173,7 +176,8 @@ impl Supervisor {
                 }
             }
         }
-        let timeout = match self.creating.iter().map(|c| c.deadline).min() {
+        let deadlines = self.creating.iter().map(|c| c.deadline);
+        let timeout = match deadlines.chain(self.waiters.iter().map(|w| w.2)).min() {
             None => PollTimeout::NONE,
             Some(d) => {
                 let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
@@ -356,6 +360,16 @@ impl Supervisor {
             Request::Info => Outcome::Reply(Response::Info(self.info.clone())),
             Request::ReopenLog { id } => Outcome::Reply(self.reopen_log(&id)),
             Request::Forget { id } => Outcome::Reply(self.forget(&id)),
+            Request::Kill { id, signal } => Outcome::Reply(self.kill(&id, signal)),
+            Request::Wait { id, timeout_ms } => match self.containers.iter().find(|c| c.id == id) {
+                None => Outcome::Reply(not_found(&id)),
+                Some(c) if c.exit.is_some() => Outcome::Reply(Response::Waited { exited: true }),
+                Some(_) => {
+                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                    self.waiters.push((conn, id, deadline));
+                    Outcome::Pending
+                }
+            },
             Request::Shutdown => match self.busy_containers() {
                 Some(msg) => Outcome::Reply(Response::error(ErrorKind::Running, msg)),
                 None => {
@@ -448,6 +462,52 @@ impl Supervisor {
                 Outcome::Pending
             }
             Err(resp) => Outcome::Reply(resp),
+        }
+    }
+
+    fn kill(&mut self, id: &str, signal: i32) -> Response {
+        let Some(c) = self.containers.iter().find(|c| c.id == id) else {
+            return not_found(id);
+        };
+        if c.exit.is_some() {
+            return Response::Ok;
+        }
+        let sig = match Signal::try_from(signal) {
+            Ok(s) => s,
+            Err(_) => {
+                return Response::error(
+                    ErrorKind::InvalidRequest,
+                    format!("invalid signal {signal}"),
+                );
+            }
+        };
+        match kill(c.pid, sig) {
+            Ok(()) | Err(Errno::ESRCH) => Response::Ok,
+            Err(e) => Response::error(
+                ErrorKind::Io,
+                format!("signal {sig} to container {id} (pid {}): {e}", c.pid),
+            ),
+        }
+    }
+
+    /// Answers the `Wait` requests selected by `done` (exited or timed out).
+    fn answer_waiters(&mut self, mut done: impl FnMut(&str, Instant) -> Option<bool>) {
+        let mut answered = Vec::new();
+        self.waiters
+            .retain(|(conn, id, deadline)| match done(id, *deadline) {
+                Some(exited) => {
+                    answered.push((*conn, exited));
+                    false
+                }
+                None => true,
+            });
+        for (conn, exited) in answered {
+            if let Some(c) = self.conn(conn) {
+                c.busy = false;
+            }
+            self.reply(conn, Response::Waited { exited });
+            self.process_lines(conn);
+            self.close_if_done(conn);
         }
     }
 
@@ -707,11 +767,16 @@ impl Supervisor {
         let record = c.exit_record(&exit);
         // The in-memory state is still right if this fails; the daemon asks State first.
         let _ = write_exit_record(&self.dir, &record);
+        let id = c.id.clone();
+        self.answer_waiters(|w, _| (w == id).then_some(true));
     }
 
     /// Kills runtimes that ran past their deadline; their reaping answers the request.
     fn check_deadlines(&mut self) {
         let now = Instant::now();
+        if self.waiters.iter().any(|w| w.2 <= now) {
+            self.answer_waiters(|_, deadline| (deadline <= now).then_some(false));
+        }
         for c in &mut self.creating {
             if !c.timed_out && now >= c.deadline {
                 c.timed_out = true;

@@ -491,30 +491,60 @@ impl Runtime {
         let this = self.clone();
         let id = rec.id.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            let pod_dir = this.pod_dir(&rec.sandbox_id);
+            // Through the supervisor, the container's reaper: no runtime exec, and the
+            // answer comes the moment the init is reaped.
+            let signal_and_wait = |signal: i32, wait: Duration| -> Option<bool> {
+                let mut c = Client::connect(sup::socket_path(&pod_dir))
+                    .ok()?
+                    .with_timeout(wait + Duration::from_secs(5));
+                let id = rec.id.clone();
+                match c
+                    .call(&Request::Kill {
+                        id: id.clone(),
+                        signal,
+                    })
+                    .ok()?
+                {
+                    Response::Ok => {}
+                    _ => return None,
+                }
+                let timeout_ms = wait.as_millis() as u64;
+                match c.call(&Request::Wait { id, timeout_ms }).ok()? {
+                    Response::Waited { exited } => Some(exited),
+                    _ => None,
+                }
+            };
             let exited = |this: &Runtime| {
                 sup::read_exit_record(&this.pod_dir(&rec.sandbox_id), &rec.id)
                     .ok()
                     .flatten()
                     .is_some()
             };
-            let wait = |this: &Runtime, d: Duration| {
+            // Without a supervisor (it died): the OCI runtime signals, the exit record tells.
+            let fallback = |signal: &str, d: Duration| {
+                let _ = oci(&rec.runtime, &rec.runtime_root, &["kill", &rec.id, signal]);
                 let deadline = Instant::now() + d;
                 while Instant::now() < deadline {
-                    if exited(this) {
+                    if exited(&this) {
                         return true;
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                exited(this)
+                exited(&this)
             };
             if rec.state == ContainerState::Running && timeout > 0 {
-                let _ = oci(&rec.runtime, &rec.runtime_root, &["kill", &rec.id, "TERM"]);
-                if wait(&this, Duration::from_secs(timeout as u64)) {
+                let grace = Duration::from_secs(timeout as u64);
+                let done = signal_and_wait(libc::SIGTERM, grace)
+                    .unwrap_or_else(|| fallback("TERM", grace));
+                if done {
                     return Ok(());
                 }
             }
-            let _ = oci(&rec.runtime, &rec.runtime_root, &["kill", &rec.id, "KILL"]);
-            if rec.state == ContainerState::Created && !exited(&this) {
+            let grace = Duration::from_secs(10);
+            let done =
+                signal_and_wait(libc::SIGKILL, grace).unwrap_or_else(|| fallback("KILL", grace));
+            if rec.state == ContainerState::Created && !done {
                 // Never started: its init waits on the exec fifo; delete it.
                 let _ = oci(
                     &rec.runtime,
@@ -522,7 +552,7 @@ impl Runtime {
                     &["delete", "--force", &rec.id],
                 );
             }
-            if !wait(&this, Duration::from_secs(10)) && rec.state == ContainerState::Running {
+            if !done && rec.state == ContainerState::Running {
                 return Err(Error::Internal(format!(
                     "container {} did not exit after SIGKILL",
                     rec.id

@@ -69,7 +69,8 @@ impl Network {
         &self.net.name
     }
 
-    /// CNI ADD of loopback then the pod network. On failure, what was added is deleted.
+    /// CNI ADD of loopback and the pod network, side by side (they touch different
+    /// interfaces; each is an exec of its own). On failure, what was added is deleted.
     pub fn setup(
         &self,
         sandbox_id: &str,
@@ -79,38 +80,49 @@ impl Network {
         let mut rt = RuntimeConf::new(sandbox_id, netns, POD_IFNAME);
         rt.capability_args = capability_args;
         let lo_rt = RuntimeConf::new(sandbox_id, netns, "lo");
-        self.cni.add_network_list(&self.lo, &lo_rt).map_err(|e| {
-            Error::failed(
+        let t = std::time::Instant::now();
+        let (lo, net) = std::thread::scope(|s| {
+            let lo = s.spawn(|| self.cni.add_network_list(&self.lo, &lo_rt));
+            let net = self.cni.add_network_list(&self.net, &rt);
+            (lo.join().expect("CNI ADD thread panicked"), net)
+        });
+        let failed = match (lo, net) {
+            (Ok(_), Ok(r)) => {
+                tracing::debug!(sandbox = sandbox_id, took = ?t.elapsed(), "CNI ADD done");
+                return Ok(r);
+            }
+            (Err(e), _) => Error::failed(
                 format!("CNI ADD {} for sandbox {sandbox_id}", self.lo.name),
                 e,
-            )
-        })?;
-        match self.cni.add_network_list(&self.net, &rt) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                let err = Error::failed(
-                    format!("CNI ADD {} for sandbox {sandbox_id}", self.net.name),
-                    e,
-                );
-                if let Err(d) = self.teardown(sandbox_id, netns) {
-                    tracing::warn!(sandbox = sandbox_id, error = %d.chain(), "rollback of a failed CNI ADD failed");
-                }
-                Err(err)
-            }
+            ),
+            (_, Err(e)) => Error::failed(
+                format!("CNI ADD {} for sandbox {sandbox_id}", self.net.name),
+                e,
+            ),
+        };
+        if let Err(d) = self.teardown(sandbox_id, netns) {
+            tracing::warn!(sandbox = sandbox_id, error = %d.chain(), "rollback of a failed CNI ADD failed");
         }
+        Err(failed)
     }
 
-    /// CNI DEL of the pod network then loopback. Works when the netns is already gone.
+    /// CNI DEL of the pod network and loopback, side by side. Works when the netns is
+    /// already gone.
     pub fn teardown(&self, sandbox_id: &str, netns: &Path) -> Result<()> {
         let rt = RuntimeConf::new(sandbox_id, netns, POD_IFNAME);
-        self.cni.del_network_list(&self.net, &rt).map_err(|e| {
+        let lo_rt = RuntimeConf::new(sandbox_id, netns, "lo");
+        let (lo, net) = std::thread::scope(|s| {
+            let lo = s.spawn(|| self.cni.del_network_list(&self.lo, &lo_rt));
+            let net = self.cni.del_network_list(&self.net, &rt);
+            (lo.join().expect("CNI DEL thread panicked"), net)
+        });
+        net.map_err(|e| {
             Error::failed(
                 format!("CNI DEL {} for sandbox {sandbox_id}", self.net.name),
                 e,
             )
         })?;
-        let lo_rt = RuntimeConf::new(sandbox_id, netns, "lo");
-        self.cni.del_network_list(&self.lo, &lo_rt).map_err(|e| {
+        lo.map_err(|e| {
             Error::failed(
                 format!("CNI DEL {} for sandbox {sandbox_id}", self.lo.name),
                 e,

@@ -298,6 +298,7 @@ impl Runtime {
     /// The slow part of RunPodSandbox; `rec` records each acquisition as it happens, so
     /// `teardown_blocking` undoes exactly what was done.
     fn setup_blocking(&self, rec: &mut SandboxRecord) -> Result<()> {
+        let t = std::time::Instant::now();
         let id = rec.id.clone();
         let (net_mode, pid_mode, ipc_mode) = namespace_options(&rec.config);
         let dir = self.cfg.pods_dir().join(&id);
@@ -324,20 +325,29 @@ impl Runtime {
             ipc: ipc_mode != NamespaceMode::Node,
             pid: pid_mode == NamespaceMode::Pod,
         };
-        let pid = supervisor::launch(&self.cfg.pod_binary(), &spec)?;
-        rec.supervisor_pid = Some(pid);
-        self.store.save(&id, rec)?;
-        if spec.ipc {
-            apply_ipc_sysctls(pid, &rec.config)?;
-        }
-
-        if let Some(netns) = rec.netns.clone() {
+        let t_ns = t.elapsed();
+        if rec.netns.is_some() {
             // Registered before the ADD: a half-done ADD is undone by DEL.
             rec.network_attached = true;
             self.store.save(&id, rec)?;
-            let result = self
-                .network
-                .setup(&id, &netns, capability_args(&rec.config))?;
+        }
+        // The supervisor and the CNI ADD only share the pinned netns: start them side by
+        // side. A crash in between is undone by `teardown_blocking`, which finds a
+        // supervisor not yet recorded by its pid file.
+        let caps = capability_args(&rec.config);
+        let (launched, added) = std::thread::scope(|s| {
+            let sup = s.spawn(|| supervisor::launch(&self.cfg.pod_binary(), &spec));
+            let net = rec
+                .netns
+                .as_deref()
+                .map(|netns| self.network.setup(&id, netns, caps));
+            (sup.join().expect("supervisor launch thread panicked"), net)
+        });
+        if let Ok(pid) = launched {
+            rec.supervisor_pid = Some(pid);
+        }
+        if let Some(added) = added {
+            let result = added?;
             let mut ips = result
                 .ips
                 .iter()
@@ -346,23 +356,46 @@ impl Runtime {
             rec.ip = ips.next();
             rec.additional_ips = ips.collect();
         }
+        let pid = launched?;
+        self.store.save(&id, rec)?;
+        if spec.ipc {
+            apply_ipc_sysctls(pid, &rec.config)?;
+        }
+        tracing::debug!(sandbox = id, netns = ?t_ns, total = ?t.elapsed(), "sandbox set up");
         Ok(())
     }
 
     /// Undoes what `rec` says was set up: network, supervisor, netns pin. Repeatable.
     fn teardown_blocking(&self, rec: &mut SandboxRecord) -> Result<()> {
+        let t = std::time::Instant::now();
+        let supervisor_pid = rec
+            .supervisor_pid
+            .or_else(|| supervisor::read_pid(&self.cfg.pods_dir().join(&rec.id)));
+        // The netns stays pinned until both are done, so DEL can still enter it while
+        // the supervisor goes.
+        let (net, sup) = std::thread::scope(|s| {
+            let sup = s.spawn(|| match supervisor_pid {
+                Some(pid) => supervisor::stop(pid, &rec.id),
+                None => Ok(()),
+            });
+            let net = if rec.network_attached {
+                let netns = rec.netns.clone().unwrap_or_default();
+                self.network.teardown(&rec.id, &netns)
+            } else {
+                Ok(())
+            };
+            (net, sup.join().expect("supervisor stop thread panicked"))
+        });
+        net?;
         if rec.network_attached {
-            let netns = rec.netns.clone().unwrap_or_default();
-            self.network.teardown(&rec.id, &netns)?;
             rec.network_attached = false;
             self.store.save(&rec.id, rec)?;
         }
-        if let Some(pid) = rec.supervisor_pid {
-            supervisor::stop(pid, &rec.id)?;
-        }
+        sup?;
         if let Some(pin) = &rec.netns {
             Netns::unpin(pin).map_err(|e| Error::failed("remove network namespace", e))?;
         }
+        tracing::debug!(sandbox = rec.id, took = ?t.elapsed(), "sandbox torn down");
         Ok(())
     }
 
@@ -370,10 +403,20 @@ impl Runtime {
     /// Stopping a stopped sandbox succeeds.
     pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
         let id = self.resolve(id)?;
-        for c in self.containers_of(&id) {
+        self.stop_containers_of(&id).await?;
+        self.release_sandbox(&id).await
+    }
+
+    async fn stop_containers_of(self: &Arc<Self>, id: &str) -> Result<()> {
+        for c in self.containers_of(id) {
             self.stop_container(&c, 0).await?;
         }
-        let mut rec = self.get(&id)?;
+        Ok(())
+    }
+
+    /// Network, supervisor and netns of a sandbox whose containers have stopped.
+    async fn release_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
+        let mut rec = self.get(id)?;
         let this = self.clone();
         let (rec, res) = tokio::task::spawn_blocking(move || {
             let r = this.teardown_blocking(&mut rec);
@@ -384,8 +427,8 @@ impl Runtime {
         let mut rec = rec;
         res?;
         rec.state = SandboxState::NotReady;
-        self.store.save(&id, &rec)?;
-        self.sandboxes.lock().unwrap().insert(id, rec);
+        self.store.save(id, &rec)?;
+        self.sandboxes.lock().unwrap().insert(id.to_string(), rec);
         Ok(())
     }
 
@@ -397,10 +440,18 @@ impl Runtime {
             Err(Error::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop_pod_sandbox(&id).await?;
-        for c in self.containers_of(&id) {
-            self.remove_container(&c).await?;
-        }
+        self.stop_containers_of(&id).await?;
+        // Once the containers have exited, their rootfs and the pod's network are
+        // independent: release both side by side.
+        let remove_containers = async {
+            for c in self.containers_of(&id) {
+                self.remove_container(&c).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        let (released, removed) = tokio::join!(self.release_sandbox(&id), remove_containers);
+        released?;
+        removed?;
         let dir = self.cfg.pods_dir().join(&id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}

@@ -476,7 +476,10 @@ impl Vaina {
                 .arg(&root)
                 .arg("--cni-bin-dir")
                 .arg(&bin)
-                .env("VAINA_LOG", "warn")
+                .env(
+                    "VAINA_LOG",
+                    std::env::var("VAINA_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdin(Stdio::null())
                 .spawn()
         })?;
