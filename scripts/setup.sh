@@ -8,6 +8,7 @@ packages=(
   containernetworking-plugins               # reference CNI plugins (/usr/lib/cni) for cross-checks and the bench
   protobuf-compiler                         # CRI types (k8s-cri) for the runtime
   busybox-static crun runc                  # test images and OCI runtimes
+  docker-registry apache2-utils openssl     # local registry, htpasswd and token signing for pull tests
   pkg-config gcc
 )
 missing=()

@@ -510,32 +510,7 @@ impl Input {
         index: &ImageIndex,
         desc: &Descriptor,
     ) -> Result<Descriptor, StoreError> {
-        let manifests: Vec<&Descriptor> = index
-            .manifests()
-            .iter()
-            .filter(|d| {
-                matches!(
-                    d.media_type().to_string().as_str(),
-                    MT_OCI_MANIFEST | MT_DOCKER_MANIFEST
-                )
-            })
-            .collect();
-        if let Some(d) = manifests
-            .iter()
-            .find(|d| d.platform().as_ref().is_some_and(platform_matches))
-        {
-            return Ok((*d).clone());
-        }
-        if let [only] = manifests.as_slice()
-            && only.platform().is_none()
-        {
-            return Ok((*only).clone());
-        }
-        let available: Vec<String> = manifests
-            .iter()
-            .filter_map(|d| d.platform().as_ref().map(platform_name))
-            .collect();
-        Err(StoreError::NoMatchingPlatform {
+        select_platform(index).map_err(|available| StoreError::NoMatchingPlatform {
             input: self.path.clone(),
             index: desc.digest().to_string(),
             platform: format!("linux/{}", host_arch()),
@@ -602,6 +577,37 @@ pub(crate) fn descriptor_digest(desc: &Descriptor, input: &Path) -> Result<Diges
         input: input.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// The manifest for this machine (linux/[`host_arch`]) in a multi-platform
+/// index, or the only manifest of an index that names no platform; else the
+/// platforms the index has.
+pub(crate) fn select_platform(index: &ImageIndex) -> Result<Descriptor, Vec<String>> {
+    let manifests: Vec<&Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|d| {
+            matches!(
+                d.media_type().to_string().as_str(),
+                MT_OCI_MANIFEST | MT_DOCKER_MANIFEST
+            )
+        })
+        .collect();
+    if let Some(d) = manifests
+        .iter()
+        .find(|d| d.platform().as_ref().is_some_and(platform_matches))
+    {
+        return Ok((*d).clone());
+    }
+    if let [only] = manifests.as_slice()
+        && only.platform().is_none()
+    {
+        return Ok((*only).clone());
+    }
+    Err(manifests
+        .iter()
+        .filter_map(|d| d.platform().as_ref().map(platform_name))
+        .collect())
 }
 
 fn platform_matches(p: &oci_spec::image::Platform) -> bool {

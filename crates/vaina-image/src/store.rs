@@ -7,6 +7,9 @@
 //! <root>/snapshots/<chain id hex>/fs   one unpacked layer (an overlay lowerdir)
 //! <root>/images/<image id hex>.json    an [`Image`] record
 //! <root>/tmp/                          blobs and snapshots being made
+//! <root>/ingest/<hex>.partial          a blob being downloaded (flock held)
+//! <root>/ingest/<hex>                  a downloaded, verified blob awaiting
+//!                                      its image's commit (flock shared)
 //! ```
 //!
 //! Nothing appears under its final name before it is complete and
@@ -27,10 +30,15 @@
 //! exists is reused without unpacking; a new blob for it is still checked
 //! against its `diff_id`.
 //!
-//! Every change (import, tag, remove, gc) holds the store lock for its
-//! whole duration, across processes; reads (list, get) take no lock since
-//! records are replaced atomically. The lock is a blocking `flock`: call
-//! from a thread that may block (`spawn_blocking`).
+//! A pull downloads into `ingest/` without the store lock, so pulls and
+//! other changes do not wait on the network; only its commit (moving the
+//! blobs into `blobs/`, unpacking, writing the record) takes the lock. See
+//! [`crate::pull`].
+//!
+//! Every change (import, tag, remove, gc, a pull's commit) holds the store
+//! lock for its whole duration, across processes; reads (list, get) take
+//! no lock since records are replaced atomically. The lock is a blocking
+//! `flock`: call from a thread that may block (`spawn_blocking`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -103,12 +111,19 @@ impl Image {
 
     /// Adds `name` (a tag, or a digest naming this image's manifest).
     fn add_name(&mut self, name: &Reference) {
+        self.add_name_at(name, self.manifest_digest.clone());
+    }
+
+    /// Adds `name`'s tag, if it has one, and `name@repo_digest`: the digest
+    /// the name resolves to in its repository, the manifest's or, for a
+    /// multi-platform image, the index's (as containerd records it).
+    fn add_name_at(&mut self, name: &Reference, repo_digest: Digest) {
         if let Some(tagged) = name.tagged()
             && !self.repo_tags.contains(&tagged)
         {
             self.repo_tags.push(tagged);
         }
-        let by_digest = name.with_digest(self.manifest_digest.clone());
+        let by_digest = name.with_digest(repo_digest);
         if !self.repo_digests.contains(&by_digest) {
             self.repo_digests.push(by_digest);
         }
@@ -292,6 +307,7 @@ impl ImageStore {
             store.root.join("snapshots"),
             store.root.join("images"),
             store.root.join("tmp"),
+            store.root.join("ingest"),
         ] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -311,6 +327,18 @@ impl ImageStore {
     /// Where blob `digest` is stored (it may not be).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Where a pull keeps blob `digest` between download and commit.
+    pub(crate) fn ingest_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("ingest").join(digest.hex())
+    }
+
+    /// Where a pull downloads blob `digest` to.
+    pub(crate) fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("ingest")
+            .join(format!("{}.partial", digest.hex()))
     }
 
     fn snapshot_path(&self, chain_id: &Digest) -> PathBuf {
@@ -398,15 +426,31 @@ impl ImageStore {
             staged.push((image, names));
         }
 
+        let staged = staged
+            .into_iter()
+            .map(|(image, names)| (image, names, None))
+            .collect();
+        self.record(txn, staged)
+    }
+
+    /// Records `staged` images (ingested, with their names and the digest
+    /// those names resolve to, by default the recorded manifest's) and
+    /// returns them as recorded.
+    fn record(
+        &self,
+        txn: &mut Txn,
+        staged: Vec<(Image, Vec<Reference>, Option<Digest>)>,
+    ) -> Result<Vec<Image>, StoreError> {
         let mut records = self.load_all()?;
         let mut changed: Vec<Digest> = Vec::new();
         let mut imported: Vec<Digest> = Vec::new();
-        for (image, names) in staged {
+        for (image, names, repo_digest) in staged {
             let id = image.id.clone();
             // A known image keeps its record (and the manifest and blobs it
             // names; the ones just stored for it are discarded below) and
             // gains the names.
             records.entry(id.clone()).or_insert(image);
+            let repo_digest = repo_digest.unwrap_or_else(|| records[&id].manifest_digest.clone());
             for name in &names {
                 if let Some(tag) = name.tagged() {
                     for (other_id, other) in records.iter_mut() {
@@ -416,7 +460,10 @@ impl ImageStore {
                         }
                     }
                 }
-                records.get_mut(&id).expect("inserted above").add_name(name);
+                records
+                    .get_mut(&id)
+                    .expect("inserted above")
+                    .add_name_at(name, repo_digest.clone());
             }
             changed.push(id.clone());
             if !imported.contains(&id) {
@@ -430,6 +477,58 @@ impl ImageStore {
         }
         self.discard_unreferenced(txn);
         Ok(imported.iter().map(|id| records[id].clone()).collect())
+    }
+
+    /// The commit of a pull: moves the blobs it downloaded from `ingest/`
+    /// into `blobs/`, ingests the manifest `desc` as an import does, and
+    /// records the image under `name`, which resolves to `repo_digest`.
+    /// `blobs` are all the blobs the image needs; if one is neither stored
+    /// nor ingested (a gc or a failed commit removed it since the download),
+    /// nothing changes and it is returned, to be downloaded again.
+    pub(crate) fn commit_pull(
+        &self,
+        desc: &Descriptor,
+        blobs: &[Digest],
+        name: &Reference,
+        repo_digest: Digest,
+    ) -> Result<Result<Image, Digest>, StoreError> {
+        let mut txn = self.begin()?;
+        if let Some(missing) = blobs
+            .iter()
+            .find(|d| !self.blob_path(d).exists() && !self.ingest_path(d).exists())
+        {
+            return Ok(Err(missing.clone()));
+        }
+        let result = self.commit_pull_locked(&mut txn, desc, blobs, name, repo_digest);
+        if result.is_err() {
+            self.discard_unreferenced(&txn);
+        }
+        result.map(Ok)
+    }
+
+    fn commit_pull_locked(
+        &self,
+        txn: &mut Txn,
+        desc: &Descriptor,
+        blobs: &[Digest],
+        name: &Reference,
+        repo_digest: Digest,
+    ) -> Result<Image, StoreError> {
+        for d in blobs {
+            let dest = self.blob_path(d);
+            if dest.exists() {
+                continue;
+            }
+            let src = self.ingest_path(d);
+            fs::rename(&src, &dest).map_err(io_err("rename into place", &dest))?;
+            txn.new_blobs.push(d.clone());
+        }
+        self.sync_dir("blobs/sha256")?;
+        let source = Stored(PathBuf::from(name.to_string()));
+        let image = self.ingest(txn, &source, desc)?;
+        let mut recorded =
+            self.record(txn, vec![(image, vec![name.clone()], Some(repo_digest))])?;
+        Ok(recorded.pop().expect("one image recorded"))
     }
 
     /// Stores the manifest `desc` and everything it references from
@@ -977,7 +1076,8 @@ impl ImageStore {
         Ok(Removed::Deleted(image))
     }
 
-    /// Removes blobs and snapshots no image uses, and leftovers in `tmp/`.
+    /// Removes blobs and snapshots no image uses, leftovers in `tmp/`, and
+    /// downloads in `ingest/` no running pull holds (partial ones included).
     pub fn gc(&self) -> Result<GcStats, StoreError> {
         let _txn = self.begin()?;
         self.gc_locked()
@@ -1017,6 +1117,8 @@ impl ImageStore {
             }
         }
         self.clean_tmp()?;
+        let ingest = self.root.join("ingest");
+        stats.blobs += crate::staging::remove_unheld(&ingest).map_err(io_err("clean", &ingest))?;
         Ok(stats)
     }
 
@@ -1080,6 +1182,19 @@ impl ImageStore {
             }
         }
         Ok(usage)
+    }
+}
+
+/// The blob source of a pull's commit: every blob is already stored.
+struct Stored(PathBuf);
+
+impl BlobSource for Stored {
+    fn open_blob(&self, _: &Digest) -> Result<Option<Box<dyn Read + '_>>, StoreError> {
+        Ok(None)
+    }
+
+    fn describe(&self) -> &Path {
+        &self.0
     }
 }
 

@@ -253,7 +253,11 @@ pub struct TestImage {
     layers: Vec<Vec<u8>>,
     compression: LayerCompression,
     cmd: Vec<String>,
+    architecture: String,
 }
+
+/// Files of a layout or archive: (path, content).
+type Files = Vec<(String, Vec<u8>)>;
 
 struct Written {
     layers: Vec<(Digest, Vec<u8>, &'static str)>,
@@ -268,6 +272,7 @@ impl TestImage {
             layers,
             compression: LayerCompression::Gzip,
             cmd: vec!["sh".into()],
+            architecture: host_arch().to_owned(),
         }
     }
 
@@ -294,6 +299,13 @@ impl TestImage {
         self
     }
 
+    /// The config's `architecture` (this machine's by default), for
+    /// multi-platform indexes.
+    pub fn architecture(mut self, arch: &str) -> TestImage {
+        self.architecture = arch.to_owned();
+        self
+    }
+
     pub fn diff_ids(&self) -> Vec<Digest> {
         self.layers.iter().map(|l| Digest::of(l)).collect()
     }
@@ -310,7 +322,7 @@ impl TestImage {
             })
             .collect();
         let config = serde_json::json!({
-            "architecture": host_arch(),
+            "architecture": self.architecture,
             "os": "linux",
             "created": CREATED,
             "config": {
@@ -372,40 +384,50 @@ impl TestImage {
     }
 
     /// The files of an OCI layout, by path.
-    fn oci_files(&self, ref_name: &str) -> io::Result<Vec<(String, Vec<u8>)>> {
+    fn oci_files(&self, ref_name: &str) -> io::Result<Files> {
         let reference = parse_ref(ref_name)?;
-        let w = self.blobs()?;
+        let (blobs, mut desc) = self.manifest_files()?;
         let mut annotations = serde_json::Map::new();
         annotations.insert(ANNOTATION_IMAGE_NAME.into(), reference.to_string().into());
         if let Some(tag) = reference.tag() {
             annotations.insert(ANNOTATION_REF_NAME.into(), tag.into());
         }
+        desc["annotations"] = annotations.into();
         let index = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": MT_OCI_INDEX,
-            "manifests": [{
-                "mediaType": MT_OCI_MANIFEST,
-                "digest": Digest::of(&w.manifest).to_string(),
-                "size": w.manifest.len(),
-                "annotations": annotations,
-                "platform": { "architecture": host_arch(), "os": "linux" },
-            }],
+            "manifests": [desc],
         });
-        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
         let mut files = vec![(
             "oci-layout".to_owned(),
             br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
         )];
-        for (d, b, _) in w.layers {
-            files.push((blob(&d), b));
-        }
-        files.push((blob(&Digest::of(&w.config)), w.config));
-        files.push((blob(&Digest::of(&w.manifest)), w.manifest));
+        files.extend(blobs);
         files.push((
             "index.json".to_owned(),
             serde_json::to_vec(&index).expect("JSON serialises"),
         ));
         Ok(files)
+    }
+
+    /// The blob files of an OCI layout holding this image, and its
+    /// manifest's descriptor (with its platform).
+    fn manifest_files(&self) -> io::Result<(Files, serde_json::Value)> {
+        let w = self.blobs()?;
+        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let desc = serde_json::json!({
+            "mediaType": MT_OCI_MANIFEST,
+            "digest": Digest::of(&w.manifest).to_string(),
+            "size": w.manifest.len(),
+            "platform": { "architecture": self.architecture, "os": "linux" },
+        });
+        let mut files = Vec::new();
+        for (d, b, _) in w.layers {
+            files.push((blob(&d), b));
+        }
+        files.push((blob(&Digest::of(&w.config)), w.config));
+        files.push((blob(&Digest::of(&w.manifest)), w.manifest));
+        Ok((files, desc))
     }
 
     /// Writes an OCI image layout into directory `dir` (created if
@@ -463,6 +485,60 @@ impl TestImage {
         ));
         write_tar(path, files)
     }
+}
+
+/// Writes an OCI layout in `dir` whose one image, named `ref_name`, is a
+/// multi-platform index of `images` (give each its
+/// [`TestImage::architecture`]); returns `dir`.
+pub fn write_oci_index_layout(
+    dir: &Path,
+    ref_name: &str,
+    images: &[TestImage],
+) -> io::Result<PathBuf> {
+    let reference = parse_ref(ref_name)?;
+    let mut files = vec![(
+        "oci-layout".to_owned(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    )];
+    let mut manifests = Vec::new();
+    for image in images {
+        let (blobs, desc) = image.manifest_files()?;
+        files.extend(blobs);
+        manifests.push(desc);
+    }
+    let nested = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_INDEX,
+        "manifests": manifests,
+    });
+    let nested = serde_json::to_vec(&nested).expect("JSON serialises");
+    let nested_digest = Digest::of(&nested);
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(ANNOTATION_IMAGE_NAME.into(), reference.to_string().into());
+    if let Some(tag) = reference.tag() {
+        annotations.insert(ANNOTATION_REF_NAME.into(), tag.into());
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_INDEX,
+        "manifests": [{
+            "mediaType": MT_OCI_INDEX,
+            "digest": nested_digest.to_string(),
+            "size": nested.len(),
+            "annotations": annotations,
+        }],
+    });
+    files.push((format!("blobs/sha256/{}", nested_digest.hex()), nested));
+    files.push((
+        "index.json".to_owned(),
+        serde_json::to_vec(&index).expect("JSON serialises"),
+    ));
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        fs::create_dir_all(path.parent().expect("has a parent"))?;
+        fs::write(path, bytes)?;
+    }
+    Ok(dir.to_owned())
 }
 
 fn parse_ref(ref_name: &str) -> io::Result<Reference> {

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+pub mod registry;
+pub mod token;
+
 /// Unpacking keeps ownership and makes device nodes and whiteouts, which
 /// needs root; tests that unpack return early after saying why.
 pub fn can_unpack() -> bool {
@@ -35,7 +38,7 @@ pub fn entries(dir: &Path) -> Vec<String> {
 /// Asserts the store under `root` holds nothing: no record, blob,
 /// snapshot or scratch file.
 pub fn assert_store_empty(root: &Path) {
-    for dir in ["images", "blobs/sha256", "snapshots", "tmp"] {
+    for dir in ["images", "blobs/sha256", "snapshots", "tmp", "ingest"] {
         assert_eq!(entries(&root.join(dir)), Vec::<String>::new(), "{dir}");
     }
 }
