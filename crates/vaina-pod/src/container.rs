@@ -43,6 +43,8 @@ pub(crate) struct CreateSpec {
     pub bundle: PathBuf,
     pub log_path: PathBuf,
     pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 impl CreateSpec {
@@ -216,8 +218,15 @@ pub(crate) struct Container {
     pub log: LogFile,
     pub stdout: Option<Pipe>,
     pub stderr: Option<Pipe>,
-    /// Write end of the container's stdin, kept for attach; closed when the container exits.
+    /// Write end of the container's stdin (the terminal's master side with a TTY), kept
+    /// for attach; closed when the container exits. Non-blocking.
     pub stdin: Option<File>,
+    /// Attach input the container has not read yet.
+    pub stdin_pending: Vec<u8>,
+    /// Close stdin once the pending input is written (`stdin_once` after an attach).
+    pub stdin_closing: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
     pub exit: Option<Exit>,
 }
 
@@ -264,6 +273,8 @@ pub(crate) struct Creating {
     pub stdout: Option<Pipe>,
     pub stderr: Option<Pipe>,
     pub stdin: Option<File>,
+    /// Where the runtime sends a TTY container's terminal.
+    pub console: Option<crate::console::ConsoleReceiver>,
     pub runtime_pid: Pid,
     pub started: Instant,
     pub deadline: Instant,
@@ -333,14 +344,27 @@ pub(crate) fn spawn_create(
     let runtime_log = runtime_log_path(dir, id);
     let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(&runtime_log);
-    let child = crate::oci::command(&spec.runtime)
-        .arg("--root")
+    let console = if spec.tty {
+        let path = protocol::containers_dir(dir).join(format!("{id}.console"));
+        Some(
+            crate::console::ConsoleReceiver::listen(&path, CREATE_TIMEOUT)
+                .map_err(|e| io_err("listen on the console socket", e))?,
+        )
+    } else {
+        None
+    };
+    let mut cmd = crate::oci::command(&spec.runtime);
+    cmd.arg("--root")
         .arg(&spec.runtime_root)
         .arg("--log")
         .arg(&runtime_log)
         .arg("--log-format")
         .arg("json")
-        .arg("create")
+        .arg("create");
+    if let Some(c) = &console {
+        cmd.arg("--console-socket").arg(c.path());
+    }
+    let child = cmd
         .arg("--bundle")
         .arg(&spec.bundle)
         .arg("--pid-file")
@@ -372,6 +396,7 @@ pub(crate) fn spawn_create(
         stdout: Some(stdout),
         stderr: Some(stderr),
         stdin: stdin_keep,
+        console,
         runtime_pid,
         started,
         deadline: started + CREATE_TIMEOUT,
@@ -440,6 +465,40 @@ pub(crate) fn finish_create(
             ));
         }
     };
+    if let Some(console) = c.console.take() {
+        // With a terminal, the container's output and input are the master side; the
+        // pipes only carried the runtime's own output.
+        let master = match console.finish().and_then(|fd| {
+            set_nonblocking(&fd)?;
+            Ok(fd)
+        }) {
+            Ok(fd) => fd,
+            Err(e) => {
+                force_delete(&c.spec, Some(pid));
+                return Err(Response::error(
+                    ErrorKind::Runtime,
+                    format!("container {id}: no terminal from the runtime: {e}"),
+                ));
+            }
+        };
+        let input = master.try_clone().map(File::from);
+        match (Pipe::new(master, Stream::Stdout), input) {
+            (Ok(out), Ok(input)) => {
+                c.stdout = Some(out);
+                c.stderr = None;
+                c.stdin = Some(input);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                force_delete(&c.spec, Some(pid));
+                return Err(Response::error(
+                    ErrorKind::Io,
+                    format!("container {id}: terminal: {e}"),
+                ));
+            }
+        }
+    } else if let Some(stdin) = &c.stdin {
+        let _ = set_nonblocking(stdin);
+    }
     let early_exit = match init_state(pid, c.started, reaped) {
         Ok(InitState::Ours) => None,
         Ok(InitState::Exited(exit)) => Some(exit),
@@ -460,6 +519,10 @@ pub(crate) fn finish_create(
         stdout: c.stdout.take(),
         stderr: c.stderr.take(),
         stdin: c.stdin.take(),
+        stdin_pending: Vec::new(),
+        stdin_closing: false,
+        stdin_once: c.spec.stdin_once,
+        tty: c.spec.tty,
         exit: None,
     };
     Ok((container, early_exit))
@@ -643,6 +706,8 @@ mod tests {
             bundle: bundle.into(),
             log_path: "/var/log/x.log".into(),
             stdin: false,
+            stdin_once: false,
+            tty: false,
         };
         assert!(spec("c", "/b", "crun").validate().is_ok());
         assert!(spec("c", "/b", "/usr/bin/crun").validate().is_ok());

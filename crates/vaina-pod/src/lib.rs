@@ -31,6 +31,7 @@
 //! ```
 
 mod container;
+pub mod console;
 pub mod cri_log;
 pub mod launch;
 pub mod oci;

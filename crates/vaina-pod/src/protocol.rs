@@ -51,7 +51,12 @@ pub enum Request {
         /// Give the container a stdin pipe (held by the supervisor) instead of /dev/null.
         #[serde(default)]
         stdin: bool,
-        /// Not supported yet: answered with an error.
+        /// Close the container's stdin when the first attach session that had stdin
+        /// closes it (CRI `stdin_once`).
+        #[serde(default)]
+        stdin_once: bool,
+        /// Give the container a pseudo-terminal (the runtime's `--console-socket`); its
+        /// output goes to the log as stdout, attach sessions read and write the terminal.
         #[serde(default)]
         tty: bool,
     },
@@ -72,6 +77,53 @@ pub enum Request {
     /// Answered with [`Response::Waited`] as soon as the container has exited, or after
     /// `timeout_ms` with `exited: false`.
     Wait { id: String, timeout_ms: u64 },
+    /// Attaches this connection to the container's stdio: answered with
+    /// [`Response::Attached`], after which the connection carries [`attach`] frames, not
+    /// request lines. The supervisor closes it once the container's output has ended.
+    Attach {
+        id: String,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
+}
+
+/// The frames of an attached connection: `[kind: u8][length: u32 BE][payload]`.
+pub mod attach {
+    /// Supervisor → client: container output.
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// Client → supervisor: input for the container.
+    pub const STDIN: u8 = 0;
+    /// Client → supervisor: the client's stdin ended (closes the container's stdin if it
+    /// was created with `stdin_once`).
+    pub const STDIN_CLOSE: u8 = 3;
+    /// Client → supervisor: terminal size, payload `[width: u16 BE][height: u16 BE]`.
+    pub const RESIZE: u8 = 4;
+    /// Largest payload accepted from a client.
+    pub const MAX_PAYLOAD: usize = 64 * 1024;
+    pub const HEADER: usize = 5;
+
+    pub fn encode(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// Splits one frame off the front of `buf`: `Ok(None)` until a whole frame is there.
+    pub fn decode(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+        if buf.len() < HEADER {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(format!("attach frame of {len} bytes (max {MAX_PAYLOAD})"));
+        }
+        if buf.len() < HEADER + len {
+            return Ok(None);
+        }
+        Ok(Some((buf[0], &buf[HEADER..HEADER + len], HEADER + len)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +143,11 @@ pub enum Response {
     /// The answer to `Wait`.
     Waited {
         exited: bool,
+    },
+    /// The connection is attached; `tty` says whether the container has a terminal (then
+    /// all output comes as stdout).
+    Attached {
+        tty: bool,
     },
     Error {
         kind: ErrorKind,

@@ -24,7 +24,7 @@ use crate::container::{
     self, Container, CreateSpec, Creating, Exit, ReadOutcome, remove_files, write_exit_record,
 };
 use crate::cri_log::Stream;
-use crate::protocol::{self, ErrorKind, MAX_REQUEST_LINE, PodInfo, Request, Response};
+use crate::protocol::{self, ErrorKind, MAX_REQUEST_LINE, PodInfo, Request, Response, attach};
 
 /// Size of the read buffer for pipes and sockets. Small on purpose: it stays resident.
 const READ_CHUNK: usize = 8 * 1024;
@@ -54,6 +54,8 @@ pub(crate) struct Supervisor {
     exiting: bool,
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// Container output as read, for attach clients.
+    raw: Vec<u8>,
 }
 
 struct Conn {
@@ -65,13 +67,30 @@ struct Conn {
     busy: bool,
     /// The peer stopped sending (or sent a line too long): close once answered.
     eof: bool,
+    /// Set once `Attach` was answered: the connection carries frames from then on.
+    attached: Option<Attached>,
 }
+
+/// What an attached connection asked for.
+#[derive(Clone, Copy)]
+struct Attached {
+    /// The container's serial.
+    serial: u64,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
+/// Output queued for a slow attach client beyond this is dropped for that client (the log
+/// still gets it), as containerd and conmon do: a client must not stall the container.
+const MAX_ATTACH_BACKLOG: usize = 1024 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Token {
     // Declared in processing order.
     CreatingPipe(u64, Stream),
     ContainerPipe(u64, Stream),
+    ContainerStdin(u64),
     Conn(u64),
     Listener,
     Signals,
@@ -107,6 +126,7 @@ impl Supervisor {
             exiting: false,
             buf: Vec::new(),
             out: Vec::new(),
+            raw: Vec::new(),
         }
     }
 
@@ -140,9 +160,15 @@ impl Supervisor {
         }
         add!(Token::Signals, self.signals.as_fd(), PollFlags::POLLIN);
         add!(Token::Listener, self.listener.as_fd(), PollFlags::POLLIN);
+        let stdin_full = |serial: u64| {
+            self.containers
+                .iter()
+                .any(|k| k.serial == serial && k.stdin_pending.len() >= MAX_ATTACH_BACKLOG)
+        };
         for c in &self.conns {
             let mut ev = PollFlags::empty();
-            if !c.busy && !c.eof {
+            let held_back = c.attached.is_some_and(|a| stdin_full(a.serial));
+            if !c.busy && !c.eof && !held_back {
                 ev |= PollFlags::POLLIN;
             }
             if !c.wbuf.is_empty() {
@@ -166,6 +192,15 @@ impl Supervisor {
             }
         }
         for c in &self.containers {
+            if let Some(stdin) = &c.stdin
+                && !c.stdin_pending.is_empty()
+            {
+                add!(
+                    Token::ContainerStdin(c.serial),
+                    stdin.as_fd(),
+                    PollFlags::POLLOUT
+                );
+            }
             for (stream, pipe) in [(Stream::Stdout, &c.stdout), (Stream::Stderr, &c.stderr)] {
                 if let Some(p) = pipe {
                     add!(
@@ -215,6 +250,7 @@ impl Supervisor {
             }
             Token::CreatingPipe(serial, stream) => self.read_creating_pipe(serial, stream),
             Token::ContainerPipe(serial, stream) => self.read_container_pipe(serial, stream),
+            Token::ContainerStdin(serial) => self.write_stdin(serial),
         }
     }
 
@@ -235,6 +271,7 @@ impl Supervisor {
                         wbuf: Vec::new(),
                         busy: false,
                         eof: false,
+                        attached: None,
                     });
                 }
                 Err(e) if e.kind() == IoKind::Interrupted => {}
@@ -274,6 +311,10 @@ impl Supervisor {
         loop {
             let Some(c) = self.conn(id) else { return };
             if c.busy {
+                return;
+            }
+            if let Some(a) = c.attached {
+                self.process_frames(id, a);
                 return;
             }
             let line = match c.rbuf.iter().position(|&b| b == b'\n') {
@@ -336,14 +377,9 @@ impl Supervisor {
                 bundle,
                 log_path,
                 stdin,
+                stdin_once,
                 tty,
             } => {
-                if tty {
-                    return Outcome::Reply(Response::error(
-                        ErrorKind::Unsupported,
-                        format!("container {id}: tty not supported yet"),
-                    ));
-                }
                 let spec = CreateSpec {
                     id,
                     runtime,
@@ -351,6 +387,8 @@ impl Supervisor {
                     bundle,
                     log_path,
                     stdin,
+                    stdin_once,
+                    tty,
                 };
                 self.create(conn, spec)
             }
@@ -361,6 +399,12 @@ impl Supervisor {
             Request::ReopenLog { id } => Outcome::Reply(self.reopen_log(&id)),
             Request::Forget { id } => Outcome::Reply(self.forget(&id)),
             Request::Kill { id, signal } => Outcome::Reply(self.kill(&id, signal)),
+            Request::Attach {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => self.attach(conn, &id, stdin, stdout, stderr),
             Request::Wait { id, timeout_ms } => match self.containers.iter().find(|c| c.id == id) {
                 None => Outcome::Reply(not_found(&id)),
                 Some(c) if c.exit.is_some() => Outcome::Reply(Response::Waited { exited: true }),
@@ -462,6 +506,121 @@ impl Supervisor {
                 Outcome::Pending
             }
             Err(resp) => Outcome::Reply(resp),
+        }
+    }
+
+    fn attach(&mut self, conn: u64, id: &str, stdin: bool, stdout: bool, stderr: bool) -> Outcome {
+        let Some(c) = self.containers.iter().find(|c| c.id == id) else {
+            return Outcome::Reply(not_found(id));
+        };
+        if stdin && c.stdin.is_none() && c.exit.is_none() {
+            return Outcome::Reply(Response::error(
+                ErrorKind::InvalidRequest,
+                format!("container {id} was not created with stdin"),
+            ));
+        }
+        let (tty, serial) = (c.tty, c.serial);
+        let output_over = c.stdout.is_none() && c.stderr.is_none();
+        self.reply(conn, Response::Attached { tty });
+        if let Some(k) = self.conn(conn) {
+            k.attached = Some(Attached {
+                serial,
+                stdin,
+                // A terminal has one output stream.
+                stdout: stdout || (tty && stderr),
+                stderr: stderr && !tty,
+            });
+            if output_over {
+                // Nothing will come: the client gets EOF once the answer is sent.
+                k.eof = true;
+            }
+        }
+        // Frames that came right behind the request line.
+        self.process_lines(conn);
+        Outcome::Nothing
+    }
+
+    /// Handles the complete frames an attached client sent: input, its end, resizes.
+    fn process_frames(&mut self, id: u64, a: Attached) {
+        let Some(k) = self.conns.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let mut rbuf = std::mem::take(&mut self.conns[k].rbuf);
+        let mut used = 0;
+        let mut bad = None;
+        while let Some(frame) = match attach::decode(&rbuf[used..]) {
+            Ok(f) => f,
+            Err(e) => {
+                bad = Some(e);
+                None
+            }
+        } {
+            let (kind, payload, n) = frame;
+            let Some(c) = self.containers.iter_mut().find(|c| c.serial == a.serial) else {
+                break;
+            };
+            match kind {
+                attach::STDIN if a.stdin && c.stdin.is_some() && !c.stdin_closing => {
+                    c.stdin_pending.extend_from_slice(payload);
+                }
+                attach::STDIN_CLOSE if a.stdin && c.stdin_once => c.stdin_closing = true,
+                attach::RESIZE if payload.len() == 4 => {
+                    let w = u16::from_be_bytes([payload[0], payload[1]]);
+                    let h = u16::from_be_bytes([payload[2], payload[3]]);
+                    if let (true, Some(master)) = (c.tty, &c.stdin) {
+                        let _ = crate::console::set_size(master, w, h);
+                    }
+                }
+                _ => {}
+            }
+            used += n;
+        }
+        rbuf.drain(..used);
+        let c = &mut self.conns[k];
+        c.rbuf = rbuf;
+        if bad.is_some() {
+            // A malformed frame ends this session; the container is not affected.
+            c.eof = true;
+            c.rbuf = Vec::new();
+        } else if c.eof {
+            // The client hung up: for stdin_once that ends the container's stdin.
+            if let Some(c) = self.containers.iter_mut().find(|c| c.serial == a.serial)
+                && a.stdin
+                && c.stdin_once
+            {
+                c.stdin_closing = true;
+            }
+        }
+        self.write_stdin(a.serial);
+        self.close_if_done(id);
+    }
+
+    /// Writes attach input the container has not taken yet (non-blocking).
+    fn write_stdin(&mut self, serial: u64) {
+        let Some(c) = self.containers.iter_mut().find(|c| c.serial == serial) else {
+            return;
+        };
+        let Some(stdin) = c.stdin.as_mut() else {
+            c.stdin_pending = Vec::new();
+            return;
+        };
+        while !c.stdin_pending.is_empty() {
+            match stdin.write(&c.stdin_pending) {
+                Ok(n) => {
+                    c.stdin_pending.drain(..n);
+                }
+                Err(e) if e.kind() == IoKind::Interrupted => {}
+                Err(e) if e.kind() == IoKind::WouldBlock => return,
+                Err(_) => {
+                    // The container closed its stdin: input has nowhere to go.
+                    c.stdin_pending = Vec::new();
+                    c.stdin = None;
+                    return;
+                }
+            }
+        }
+        if c.stdin_closing && !c.tty {
+            c.stdin = None;
         }
     }
 
@@ -599,14 +758,17 @@ impl Supervisor {
     fn pump(&mut self, i: usize, stream: Stream, max_reads: usize) {
         self.buf.resize(READ_CHUNK, 0);
         let c = &mut self.containers[i];
+        let serial = c.serial;
         let Some(pipe) = c.pipe_mut(stream).as_mut() else {
             return;
         };
         self.out.clear();
+        self.raw.clear();
         let mut eof = false;
         for _ in 0..max_reads {
             match pipe.read(&mut self.buf) {
                 ReadOutcome::Data(n) => {
+                    self.raw.extend_from_slice(&self.buf[..n]);
                     pipe.framer
                         .feed(&self.buf[..n], SystemTime::now(), &mut self.out)
                 }
@@ -619,14 +781,52 @@ impl Supervisor {
             }
         }
         c.log.write(&self.out);
+        let mut output_over = false;
         if eof {
             *c.pipe_mut(stream) = None;
             if c.stdout.is_none() && c.stderr.is_none() {
                 c.log.close();
+                output_over = true;
             }
         }
         if self.out.capacity() > KEEP_CAPACITY {
             self.out = Vec::new();
+        }
+        self.fan_out(serial, stream, output_over);
+    }
+
+    /// Sends what `pump` just read to the container's attach clients; once the output is
+    /// over, they are closed (after what is queued for them).
+    fn fan_out(&mut self, serial: u64, stream: Stream, output_over: bool) {
+        let kind = match stream {
+            Stream::Stdout => attach::STDOUT,
+            Stream::Stderr => attach::STDERR,
+        };
+        let mut touched = Vec::new();
+        for c in &mut self.conns {
+            let Some(a) = c.attached.filter(|a| a.serial == serial) else {
+                continue;
+            };
+            let wanted = match stream {
+                Stream::Stdout => a.stdout,
+                Stream::Stderr => a.stderr,
+            };
+            if wanted && !self.raw.is_empty() && c.wbuf.len() < MAX_ATTACH_BACKLOG {
+                for chunk in self.raw.chunks(attach::MAX_PAYLOAD) {
+                    attach::encode(kind, chunk, &mut c.wbuf);
+                }
+            }
+            if output_over {
+                c.eof = true;
+            }
+            touched.push(c.id);
+        }
+        for id in touched {
+            self.flush(id);
+            self.close_if_done(id);
+        }
+        if self.raw.capacity() > KEEP_CAPACITY {
+            self.raw = Vec::new();
         }
     }
 

@@ -381,6 +381,7 @@ fn bad_requests_get_errors_and_the_supervisor_keeps_serving() {
         bundle: bundle.into(),
         log_path: pod.node.path("l.log"),
         stdin: false,
+        stdin_once: false,
         tty,
     };
     let (kind, message) = error_of(pod.call(&create("../etc", "/b", false)));
@@ -392,11 +393,8 @@ fn bad_requests_get_errors_and_the_supervisor_keeps_serving() {
         message.contains("bundle of container c must be an absolute path"),
         "{message}"
     );
-    let (kind, message) = error_of(pod.call(&create("c", "/b", true)));
-    assert_eq!(
-        (kind, message.as_str()),
-        (ErrorKind::Unsupported, "container c: tty not supported yet")
-    );
+    let (kind, message) = error_of(pod.call(&create("c", "relative", true)));
+    assert_eq!(kind, ErrorKind::InvalidRequest, "{message}");
 
     // A request line over the limit: an error, then the connection is closed.
     let mut big = UnixStream::connect(pod.socket()).unwrap();

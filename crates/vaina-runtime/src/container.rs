@@ -227,11 +227,6 @@ impl Runtime {
                 "container config names no image".into(),
             ));
         }
-        if config.tty {
-            return Err(Error::InvalidArgument(
-                "tty containers are not supported yet (streaming is issue 4)".into(),
-            ));
-        }
         let (runtime, runtime_root) = self.runtime_binary(&sandbox.runtime_handler)?;
         let sm = sandbox.config.metadata.clone().unwrap_or_default();
         let key = format!(
@@ -415,6 +410,7 @@ impl Runtime {
                 bundle,
                 log_path: rec.log_path.clone(),
                 stdin: rec.config.stdin,
+                stdin_once: rec.config.stdin_once,
                 tty: rec.config.tty,
             })
             .map_err(|e| Error::failed(format!("supervisor of {}", sandbox.id), e))?;

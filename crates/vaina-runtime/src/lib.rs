@@ -8,6 +8,7 @@
 //! - [`sandbox`]: RunPodSandbox, Stop, Remove, Status, List, and recovery after a restart.
 //! - [`container`]: Create/Start/Stop/Remove containers, status, ExecSync.
 //! - [`spec`]: the OCI runtime spec of a container.
+//! - [`stream`]: the runtime side of streaming exec (pipes or a TTY), attach and port-forward.
 //!
 //! Requests use the CRI's own message types (`k8s_cri::v1`) as plain data: they are the
 //! domain model of a node runtime, and a parallel hierarchy of ~50 structs would only be
@@ -20,6 +21,7 @@ pub mod network;
 pub mod sandbox;
 pub mod spec;
 pub mod store;
+pub mod stream;
 pub mod supervisor;
 
 pub use config::Config;

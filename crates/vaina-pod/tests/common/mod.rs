@@ -268,6 +268,7 @@ impl PodGuard {
             bundle: bundle.into(),
             log_path: log.into(),
             stdin: false,
+            stdin_once: false,
             tty: false,
         }
     }
