@@ -1,7 +1,14 @@
 //! Image verbs: images, inspecti, rmi, pull over the CRI (any runtime), and `image import`,
 //! which writes the node's image store directly (the CRI has no import).
+//!
+//! `pull` draws a bar per layer from the progress vainad reports in a verbose ImageStatus
+//! while the pull runs (the `pullProgress` info entry), polled every 100 ms beside the
+//! PullImage call; a runtime that reports none (containerd) gets a spinner.
 
+use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_cri::v1 as cri;
@@ -22,6 +29,22 @@ pub struct ListArgs {
     digests: bool,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
+}
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// The image: busybox, registry.k8s.io/pause:3.9, name@sha256:…
+    reference: String,
+    /// Registry credentials; without :PASS the password is read from the terminal (or one
+    /// line of stdin).
+    #[arg(long, value_name = "USER[:PASS]")]
+    creds: Option<String>,
+    /// Registry credentials as base64 of "user:password" (a docker config's `auth`).
+    #[arg(long, value_name = "BASE64", conflicts_with = "creds")]
+    auth: Option<String>,
+    /// A bearer token for the registry, sent as is.
+    #[arg(long, value_name = "TOKEN", conflicts_with_all = ["creds", "auth"])]
+    registry_token: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -293,18 +316,191 @@ pub async fn rmi(c: &mut Cri, refs: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// PullImage; vainad only resolves images already stored (registry pulls: issue 5).
-pub async fn pull(c: &mut Cri, reference: String) -> Result<()> {
-    let image_ref = c
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: spec(&reference),
+/// The key of vainad's verbose ImageStatus info that carries a running pull's progress.
+const PULL_PROGRESS_KEY: &str = "pullProgress";
+
+/// One layer of a running pull, as vainad reports it.
+#[derive(Debug, serde::Deserialize, PartialEq, Eq)]
+struct LayerProgress {
+    digest: String,
+    total: u64,
+    done: u64,
+    /// waiting, downloading, downloaded or present.
+    status: String,
+}
+
+/// The layers in a verbose ImageStatus's info, if it carries pull progress.
+fn layers_of(info: &HashMap<String, String>) -> Option<Vec<LayerProgress>> {
+    serde_json::from_str(info.get(PULL_PROGRESS_KEY)?).ok()
+}
+
+/// The password for `--creds USER`: from the terminal without echo, or one line of stdin.
+fn read_password(user: &str) -> Result<String> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        eprint!("Password for {user}: ");
+        std::io::stderr().flush()?;
+        let saved = tcgetattr(&stdin).context("read the terminal's settings")?;
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(&stdin, SetArg::TCSANOW, &quiet).context("turn off echo")?;
+        let read = stdin.lock().read_line(&mut line);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+        eprintln!();
+        read.context("read the password")?;
+    } else {
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("read the password from stdin")?;
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// The CRI credentials the flags give, if any.
+fn auth_config(a: &PullArgs) -> Result<Option<cri::AuthConfig>> {
+    if let Some(creds) = &a.creds {
+        let (username, password) = match creds.split_once(':') {
+            Some((u, p)) => (u.to_owned(), p.to_owned()),
+            None => (creds.clone(), read_password(creds)?),
+        };
+        if username.is_empty() {
+            bail!("--creds needs a user name (USER[:PASS])");
+        }
+        return Ok(Some(cri::AuthConfig {
+            username,
+            password,
             ..Default::default()
-        })
-        .await
-        .map_err(status)?
-        .into_inner()
-        .image_ref;
+        }));
+    }
+    if let Some(auth) = &a.auth {
+        if auth.trim().is_empty() {
+            bail!("--auth is empty");
+        }
+        return Ok(Some(cri::AuthConfig {
+            auth: auth.trim().to_owned(),
+            ..Default::default()
+        }));
+    }
+    if let Some(token) = &a.registry_token {
+        if token.is_empty() {
+            bail!("--registry-token is empty");
+        }
+        return Ok(Some(cri::AuthConfig {
+            registry_token: token.clone(),
+            ..Default::default()
+        }));
+    }
+    Ok(None)
+}
+
+/// The bars of a pull: a spinner for the pull as a whole, and one bar per layer once the
+/// runtime reports layers. Drawn on stderr, hidden when it is not a terminal.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    spinner: indicatif::ProgressBar,
+    layers: HashMap<String, indicatif::ProgressBar>,
+}
+
+impl Bars {
+    fn new(reference: &str) -> Bars {
+        let multi = indicatif::MultiProgress::new();
+        let spinner = multi.add(indicatif::ProgressBar::new_spinner());
+        spinner.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .expect("valid template"),
+        );
+        spinner.set_message(format!("pulling {reference}"));
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        Bars {
+            multi,
+            spinner,
+            layers: HashMap::new(),
+        }
+    }
+
+    fn update(&mut self, layers: &[LayerProgress]) {
+        for l in layers {
+            let bar = self.layers.entry(l.digest.clone()).or_insert_with(|| {
+                let bar = self.multi.add(indicatif::ProgressBar::new(l.total));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                let hex = l.digest.strip_prefix("sha256:").unwrap_or(&l.digest);
+                bar.set_prefix(table::short_id(hex));
+                bar
+            });
+            if bar.is_finished() {
+                continue;
+            }
+            bar.set_length(l.total);
+            bar.set_position(l.done.min(l.total));
+            match l.status.as_str() {
+                "present" => bar.finish_with_message("present"),
+                "downloaded" => bar.finish_with_message("done"),
+                other => bar.set_message(other.to_owned()),
+            }
+        }
+    }
+
+    /// The pull ended: bars of layers still running stop where they are (the pull failed)
+    /// or are complete (it succeeded).
+    fn finish(self, ok: bool) {
+        for bar in self.layers.values() {
+            if !bar.is_finished() {
+                if ok {
+                    bar.set_position(bar.length().unwrap_or(0));
+                    bar.finish_with_message("done");
+                } else {
+                    bar.abandon_with_message("failed");
+                }
+            }
+        }
+        self.spinner.finish_and_clear();
+    }
+}
+
+/// PullImage with the flags' credentials, polling ImageStatus(verbose) for progress while
+/// it runs. Prints what crictl prints.
+pub async fn pull(c: &mut Cri, a: PullArgs) -> Result<()> {
+    let auth = auth_config(&a)?;
+    let mut pulling = c.image.clone();
+    let request = cri::PullImageRequest {
+        image: spec(&a.reference),
+        auth,
+        sandbox_config: None,
+    };
+    let pull = pulling.pull_image(request);
+    tokio::pin!(pull);
+    let mut bars = Bars::new(&a.reference);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        tokio::select! {
+            r = &mut pull => break r,
+            _ = tick.tick() => {
+                let status = c.image.image_status(cri::ImageStatusRequest {
+                    image: spec(&a.reference),
+                    verbose: true,
+                });
+                // The pull's own answer is what counts: a poll that fails or finds nothing
+                // leaves the bars as they are.
+                if let Ok(r) = status.await
+                    && let Some(layers) = layers_of(&r.get_ref().info)
+                {
+                    bars.update(&layers);
+                }
+            }
+        }
+    };
+    bars.finish(result.is_ok());
+    let image_ref = result.map_err(status)?.into_inner().image_ref;
     println!("Image is up to date for {image_ref}");
     Ok(())
 }
@@ -312,6 +508,52 @@ pub async fn pull(c: &mut Cri, reference: String) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_progress_is_read_from_the_verbose_info() {
+        let info = HashMap::from([(
+            PULL_PROGRESS_KEY.to_string(),
+            r#"[{"digest":"sha256:ab","total":10,"done":4,"status":"downloading"}]"#.to_string(),
+        )]);
+        assert_eq!(
+            layers_of(&info),
+            Some(vec![LayerProgress {
+                digest: "sha256:ab".into(),
+                total: 10,
+                done: 4,
+                status: "downloading".into()
+            }])
+        );
+        assert_eq!(layers_of(&HashMap::new()), None);
+        let garbage = HashMap::from([(PULL_PROGRESS_KEY.to_string(), "{".to_string())]);
+        assert_eq!(layers_of(&garbage), None);
+    }
+
+    #[test]
+    fn credentials_from_the_flags() {
+        let args = |creds: Option<&str>, auth: Option<&str>, token: Option<&str>| PullArgs {
+            reference: "busybox".into(),
+            creds: creds.map(Into::into),
+            auth: auth.map(Into::into),
+            registry_token: token.map(Into::into),
+        };
+        assert_eq!(auth_config(&args(None, None, None)).unwrap(), None);
+        let a = auth_config(&args(Some("me:se:cret"), None, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!((&*a.username, &*a.password), ("me", "se:cret"));
+        let a = auth_config(&args(None, Some(" bWU6cA== "), None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.auth, "bWU6cA==");
+        let a = auth_config(&args(None, None, Some("tok")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.registry_token, "tok");
+        assert!(auth_config(&args(Some(":pw"), None, None)).is_err());
+        assert!(auth_config(&args(None, Some(""), None)).is_err());
+        assert!(auth_config(&args(None, None, Some(""))).is_err());
+    }
 
     #[test]
     fn sizes_like_crictl() {

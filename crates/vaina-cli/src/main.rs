@@ -9,6 +9,7 @@ mod demo_pods;
 mod images;
 mod podconfig;
 mod pods;
+mod stats;
 mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,7 +30,18 @@ struct Cli {
     )]
     endpoint: String,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Top,
+}
+
+/// The stats verbs, then everything else.
+#[derive(Subcommand)]
+enum Top {
+    /// Resource usage of containers (CPU %, memory, writable layer), like crictl stats.
+    Stats(stats::StatsArgs),
+    /// Resource usage of pods (CPU %, memory, network, processes), like crictl statsp.
+    Statsp(stats::StatspArgs),
+    #[command(flatten)]
+    Other(Cmd),
 }
 
 #[derive(Clone, Copy, Default, ValueEnum)]
@@ -73,8 +85,9 @@ enum Cmd {
     Inspecti { refs: Vec<String> },
     /// Remove images, with all their names.
     Rmi { refs: Vec<String> },
-    /// Pull an image (vainad: only resolves images already imported; registry pulls later).
-    Pull { reference: String },
+    /// Pull an image from its registry (vainad: through the hosts of its registry config
+    /// dir), with a progress bar per layer when the runtime reports progress.
+    Pull(images::PullArgs),
     /// Create a container in a pod from JSON config files (crictl's format); prints its id.
     Create(containers::CreateArgs),
     /// Run a pod and a container in it (runp, create, start); prints the container's id.
@@ -97,14 +110,18 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let res = match cli.cmd {
-        Cmd::Demo(a) => demo::run(a),
-        Cmd::Image(a) => images::image(a),
-        cmd => tokio::runtime::Builder::new_current_thread()
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(pods::run(&cli.endpoint, cmd))),
+    };
+    let res = match cli.cmd {
+        Top::Stats(a) => rt().and_then(|rt| rt.block_on(stats::containers(&cli.endpoint, a))),
+        Top::Statsp(a) => rt().and_then(|rt| rt.block_on(stats::pods(&cli.endpoint, a))),
+        Top::Other(Cmd::Demo(a)) => demo::run(a),
+        Top::Other(Cmd::Image(a)) => images::image(a),
+        Top::Other(cmd) => rt().and_then(|rt| rt.block_on(pods::run(&cli.endpoint, cmd))),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

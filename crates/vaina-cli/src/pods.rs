@@ -115,7 +115,7 @@ pub async fn run(endpoint: &str, cmd: Cmd) -> Result<()> {
         Cmd::Images(a) => images::list(&mut c, a).await?,
         Cmd::Inspecti { refs } => images::inspect(&mut c, refs).await?,
         Cmd::Rmi { refs } => images::rmi(&mut c, refs).await?,
-        Cmd::Pull { reference } => images::pull(&mut c, reference).await?,
+        Cmd::Pull(a) => images::pull(&mut c, a).await?,
         Cmd::Create(a) => crate::containers::create(&mut c, a).await?,
         Cmd::Run(a) => crate::containers::run(&mut c, a).await?,
         Cmd::Start(a) => crate::containers::start(&mut c, a).await?,

@@ -1,5 +1,5 @@
-//! RuntimeService over `vaina_runtime::Runtime`: sandboxes and containers; streaming and
-//! stats RPCs answer Unimplemented until the runtime core has them.
+//! RuntimeService over `vaina_runtime::Runtime`: sandboxes, containers, stats and resource
+//! updates; streaming RPCs answer Unimplemented until the runtime core has them.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -298,23 +298,72 @@ impl RuntimeService for Service {
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+        let f = req.into_inner().filter.unwrap_or_default();
+        let rt = self.rt.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            rt.list_container_stats(|c| {
+                (f.id.is_empty() || c.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+                    && matches_labels(&c.config.labels, &f.label_selector)
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: stats.iter().map(crate::stats::container_stats).collect(),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let f = req.into_inner().filter.unwrap_or_default();
+        let rt = self.rt.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            rt.list_pod_stats(|p| {
+                (f.id.is_empty() || p.id.starts_with(&f.id))
+                    && matches_labels(&p.config.labels, &f.label_selector)
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse {
+            stats: stats.iter().map(crate::stats::pod_stats).collect(),
+        }))
     }
 
     async fn update_runtime_config(
         &self,
-        _: Request<cri::UpdateRuntimeConfigRequest>,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        // The pod CIDR comes from the CNI config here; kubelet's value is accepted.
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        let rt = self.rt.clone();
+        let c = cidr.clone();
+        let outcome = tokio::task::spawn_blocking(move || rt.update_pod_cidr(&c))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        use vaina_runtime::update::PodCidrOutcome;
+        match outcome {
+            PodCidrOutcome::Unchanged => {}
+            PodCidrOutcome::Rewritten(path) => tracing::info!(
+                pod_cidr = %cidr,
+                path = %path.display(),
+                "rewrote the default CNI network for kubelet's pod CIDR; it is used from the next start of vainad"
+            ),
+            PodCidrOutcome::Kept(why) => tracing::info!(
+                pod_cidr = %cidr,
+                "kept the CNI config: {why}"
+            ),
+        }
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
@@ -340,9 +389,17 @@ impl RuntimeService for Service {
 
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+        let r = req.into_inner();
+        let linux = r.linux.ok_or_else(|| {
+            Status::invalid_argument("UpdateContainerResources without linux resources")
+        })?;
+        self.rt
+            .update_container_resources(&r.container_id, linux)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn exec(
@@ -368,16 +425,32 @@ impl RuntimeService for Service {
 
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+        let id = req.into_inner().container_id;
+        let rt = self.rt.clone();
+        let s = tokio::task::spawn_blocking(move || rt.container_stats(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(crate::stats::container_stats(&s)),
+        }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+        let id = req.into_inner().pod_sandbox_id;
+        let rt = self.rt.clone();
+        let s = tokio::task::spawn_blocking(move || rt.pod_stats(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(crate::stats::pod_stats(&s)),
+        }))
     }
 
     async fn checkpoint_container(

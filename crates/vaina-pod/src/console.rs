@@ -20,8 +20,13 @@ pub fn recv_fd(conn: &UnixStream) -> io::Result<OwnedFd> {
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
     let mut got = None;
     for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = c {
@@ -106,7 +111,7 @@ impl ConsoleReceiver {
     }
 
     /// The path to give the runtime (`--console-socket`).
-    pub fn path(&self) -> &Path {
+    pub fn connect_path(&self) -> &Path {
         &self.connect_path
     }
 

@@ -362,7 +362,7 @@ pub(crate) fn spawn_create(
         .arg("json")
         .arg("create");
     if let Some(c) = &console {
-        cmd.arg("--console-socket").arg(c.path());
+        cmd.arg("--console-socket").arg(c.connect_path());
     }
     let child = cmd
         .arg("--bundle")

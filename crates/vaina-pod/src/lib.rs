@@ -30,8 +30,8 @@
 //!                 └─ container init processes (reparented to us when crun exits)
 //! ```
 
-mod container;
 pub mod console;
+mod container;
 pub mod cri_log;
 pub mod launch;
 pub mod oci;

@@ -110,8 +110,11 @@ pub mod attach {
         out.extend_from_slice(payload);
     }
 
+    /// One decoded frame: kind, payload, bytes it took.
+    pub type Frame<'a> = (u8, &'a [u8], usize);
+
     /// Splits one frame off the front of `buf`: `Ok(None)` until a whole frame is there.
-    pub fn decode(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+    pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, String> {
         if buf.len() < HEADER {
             return Ok(None);
         }

@@ -87,10 +87,13 @@ fn set_terminal(bundle: &Path) {
     let p = bundle.join("config.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     cfg["process"]["terminal"] = true.into();
-    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-        "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
-    }));
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
+        }));
     std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
     std::os::unix::fs::symlink("busybox", bundle.join("rootfs/bin/stty")).unwrap();
 }
@@ -120,7 +123,10 @@ fn attach_feeds_stdin_and_streams_output_and_stdin_once_closes_it() {
     let state = pod.wait_exited("catter");
     assert_eq!(state.exit_code, Some(0));
     let log = std::fs::read_to_string(pod.node.path("catter.log")).unwrap();
-    assert!(log.contains(" stdout F hello") && log.contains(" stderr F start"), "{log}");
+    assert!(
+        log.contains(" stdout F hello") && log.contains(" stderr F start"),
+        "{log}"
+    );
 
     // Attaching to an exited container: answered, then closed at once.
     let (mut s, _) = attach_conn(&pod, "catter", false);
@@ -154,7 +160,11 @@ fn a_tty_container_gets_a_terminal_its_size_and_input() {
     };
     let bundle = pod.bundle(
         "term",
-        &["sh", "-c", "stty size; [ -t 0 ] && echo tty; read x; echo got:$x"],
+        &[
+            "sh",
+            "-c",
+            "stty size; [ -t 0 ] && echo tty; read x; echo got:$x",
+        ],
     );
     set_terminal(&bundle);
     create(&mut pod, &crun, "term", &bundle, true, true);
@@ -185,7 +195,10 @@ fn kill_and_wait_answer_from_the_reaper() {
         eprintln!("skipped: no crun");
         return;
     };
-    let bundle = pod.bundle("sleeper", &["sh", "-c", "trap 'exit 3' TERM; sleep 1000 & wait"]);
+    let bundle = pod.bundle(
+        "sleeper",
+        &["sh", "-c", "trap 'exit 3' TERM; sleep 1000 & wait"],
+    );
     create(&mut pod, &crun, "sleeper", &bundle, false, false);
     pod.runtime_ok(&crun, &["start", "sleeper"]);
     let wait = |ms| {

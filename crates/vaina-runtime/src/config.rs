@@ -24,6 +24,10 @@ pub struct Config {
     pub pod_binary: Option<PathBuf>,
     /// Runtime handler → OCI runtime binary. `""` is the default handler.
     pub runtimes: BTreeMap<String, PathBuf>,
+    /// Registry hosts configuration for pulls, containerd's `certs.d` layout:
+    /// `<dir>/<registry>/hosts.toml` (mirrors, server, CAs, plain HTTP), or
+    /// `<dir>/_default/hosts.toml` for every registry (`/etc/vaina/certs.d`).
+    pub registry_config_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -41,6 +45,7 @@ impl Default for Config {
                 ("crun".into(), "crun".into()),
                 ("runc".into(), "runc".into()),
             ]),
+            registry_config_dir: vaina_image::DEFAULT_HOSTS_DIR.into(),
         }
     }
 }
@@ -54,6 +59,7 @@ impl Config {
             socket: root.join("run/vaina.sock"),
             cni_conf_dir: root.join("net.d"),
             ipam_data_dir: root.join("lib/cni/networks"),
+            registry_config_dir: root.join("certs.d"),
             ..Config::default()
         }
     }

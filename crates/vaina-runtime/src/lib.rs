@@ -8,7 +8,7 @@
 //! - [`sandbox`]: RunPodSandbox, Stop, Remove, Status, List, and recovery after a restart.
 //! - [`container`]: Create/Start/Stop/Remove containers, status, ExecSync.
 //! - [`spec`]: the OCI runtime spec of a container.
-//! - [`stream`]: the runtime side of streaming exec (pipes or a TTY), attach and port-forward.
+//! - [`stream`]: the runtime side of streaming exec (pipes or a TTY) and port-forward.
 //!
 //! Requests use the CRI's own message types (`k8s_cri::v1`) as plain data: they are the
 //! domain model of a node runtime, and a parallel hierarchy of ~50 structs would only be
@@ -16,13 +16,17 @@
 
 pub mod config;
 pub mod container;
+pub mod devices;
 pub mod error;
 pub mod network;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod stream;
 pub mod supervisor;
+pub mod update;
 
 pub use config::Config;
 pub use error::{Error, Result};

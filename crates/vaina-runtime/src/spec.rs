@@ -294,6 +294,8 @@ pub fn build(input: &SpecInput) -> Result<Spec> {
         }
     }
 
+    let (device_nodes, device_rules) = crate::devices::for_container(&c.devices, sc.privileged)?;
+    res = res.devices(device_rules);
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(res.build().map_err(spec_err)?)
@@ -311,18 +313,11 @@ pub fn build(input: &SpecInput) -> Result<Spec> {
                 sc.readonly_paths.clone()
             });
     }
-    if let Some(l) = &c.linux
-        && let Some(sc) = &l.security_context
-        && let Some(p) = &sc.seccomp
-    {
-        // RuntimeDefault/Localhost profiles are not implemented yet: refuse rather than
-        // run a container with less isolation than it asked for.
-        if p.profile_type != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "seccomp profile type {} is not supported yet (only Unconfined)",
-                p.profile_type
-            )));
-        }
+    if let Some(seccomp) = crate::seccomp::for_container(&sc, &caps)? {
+        linux = linux.seccomp(seccomp);
+    }
+    if !device_nodes.is_empty() {
+        linux = linux.devices(device_nodes);
     }
 
     let annotations: HashMap<String, String> = c.annotations.clone().into_iter().collect();
@@ -386,14 +381,28 @@ fn parse_cap(name: &str) -> Result<Capability> {
         .map_err(|_| Error::InvalidArgument(format!("unknown capability {name:?}")))
 }
 
+/// Every capability the runtime itself may grant: the known ones within its bounding set
+/// (containerd's `WithAllCurrentCapabilities`; a sandboxed host may lack some, and asking
+/// for them makes the OCI runtime's capset fail).
 fn all_caps() -> Vec<Capability> {
     use strum_like::ALL;
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
     ALL.iter()
-        .filter_map(|n| serde_json::from_value(serde_json::Value::String((*n).into())).ok())
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .filter_map(|(_, n)| serde_json::from_value(serde_json::Value::String((*n).into())).ok())
         .collect()
 }
 
-/// Capability names the kernel of this era knows (CAP_CHOWN … CAP_CHECKPOINT_RESTORE).
+/// Capability names the kernel of this era knows, by number (CAP_CHOWN = 0 …
+/// CAP_CHECKPOINT_RESTORE = 40).
 mod strum_like {
     pub const ALL: &[&str] = &[
         "CAP_CHOWN",

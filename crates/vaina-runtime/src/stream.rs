@@ -79,7 +79,9 @@ impl Runtime {
             let name = format!("exec-{}.sock", &crate::sandbox::new_id()[..16]);
             let rx = ConsoleReceiver::listen(&self.config().state_dir.join(name), CONSOLE_TIMEOUT)
                 .map_err(|e| Error::failed("listen on a console socket", e))?;
-            c.arg("--tty").arg("--console-socket").arg(rx.path());
+            c.arg("--tty")
+                .arg("--console-socket")
+                .arg(rx.connect_path());
             Some(rx)
         } else {
             None
@@ -310,9 +312,7 @@ impl Runtime {
                     .map_err(|e| Error::failed(format!("enter the netns of sandbox {id}"), e))?,
                 None => connect(),
             };
-            conn.map_err(|e| {
-                Error::failed(format!("connect to port {port} in sandbox {id}"), e)
-            })
+            conn.map_err(|e| Error::failed(format!("connect to port {port} in sandbox {id}"), e))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
@@ -424,9 +424,9 @@ impl AsyncRead for PtyHandle {
         loop {
             let mut guard = ready!(self.0.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from)
-            }) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -448,7 +448,8 @@ impl AsyncWrite for PtyHandle {
     ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.0.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(r) => return Poll::Ready(r),
                 Err(_would_block) => continue,
             }
