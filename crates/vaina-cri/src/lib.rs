@@ -6,6 +6,7 @@ pub mod client;
 mod convert;
 mod image_service;
 mod runtime_service;
+mod stats;
 mod status;
 
 use std::future::Future;

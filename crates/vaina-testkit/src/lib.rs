@@ -6,6 +6,8 @@
 //! namespaces held the same way ([`Node::pod`]). Nothing is mounted and nothing touches the
 //! machine's own network.
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

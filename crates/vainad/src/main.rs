@@ -26,6 +26,12 @@ struct Args {
     /// Colon-separated CNI plugin directories.
     #[arg(long)]
     cni_bin_dir: Option<String>,
+    /// Registry hosts configuration for image pulls (TOML key `registry_config_dir`),
+    /// containerd's layout: DIR/<registry>/hosts.toml names mirrors, the server, CAs and
+    /// plain-HTTP hosts (e.g. DIR/registry.k8s.io/hosts.toml), DIR/_default/hosts.toml
+    /// applies to every registry. Default /etc/vaina/certs.d, or ROOT/certs.d with --root.
+    #[arg(long, value_name = "DIR")]
+    registry_config_dir: Option<PathBuf>,
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -44,12 +50,16 @@ fn config(args: &Args) -> Result<Config> {
         cfg.socket = under.socket;
         cfg.cni_conf_dir = under.cni_conf_dir;
         cfg.ipam_data_dir = under.ipam_data_dir;
+        cfg.registry_config_dir = under.registry_config_dir;
     }
     if let Some(s) = &args.socket {
         cfg.socket = s.clone();
     }
     if let Some(d) = &args.cni_conf_dir {
         cfg.cni_conf_dir = d.clone();
+    }
+    if let Some(d) = &args.registry_config_dir {
+        cfg.registry_config_dir = d.clone();
     }
     if let Some(d) = &args.cni_bin_dir {
         cfg.cni_bin_dirs = std::env::split_paths(d).collect();
