@@ -109,16 +109,16 @@ pub struct ListArgs {
 
 #[derive(clap::Args)]
 pub struct ExecArgs {
-    /// Run the command with ExecSync and wait for it (the only mode implemented yet).
+    /// Run the command with ExecSync and print its output once it ends (default: stream it).
     #[arg(short, long)]
     sync: bool,
     /// Seconds after which the runtime kills the command (0: no limit).
     #[arg(long, default_value_t = 0)]
     timeout: i64,
-    /// Keep stdin open (needs streaming exec: not implemented yet).
+    /// Pass stdin to the command.
     #[arg(short, long)]
     interactive: bool,
-    /// Allocate a terminal (needs streaming exec: not implemented yet).
+    /// Allocate a terminal (raw mode locally, resized with the window).
     #[arg(short, long)]
     tty: bool,
     /// Container id (or unique id prefix).
@@ -490,17 +490,15 @@ pub async fn inspect(c: &mut Cri, a: IdsArgs) -> Result<()> {
 /// ExecSync: the command's stdout and stderr go to ours, and its exit code becomes ours
 /// (as crictl exec -s). This ends the process when the command failed.
 pub async fn exec(c: &mut Cri, a: ExecArgs) -> Result<()> {
-    if a.interactive || a.tty {
-        bail!(
-            "exec -i/-t needs streaming exec, which is not implemented yet (issue 4); \
-             run the command without them (-s)"
-        );
-    }
     if !a.sync {
-        eprintln!(
-            "vaina: streaming exec is not implemented yet (issue 4): running the command \
-             with ExecSync, as -s does"
-        );
+        let code = crate::streaming::exec(c, &a.id, a.cmd, a.interactive, a.tty).await?;
+        if code != 0 {
+            std::process::exit(code);
+        }
+        return Ok(());
+    }
+    if a.interactive || a.tty {
+        bail!("-s (ExecSync) cannot be combined with -i or -t");
     }
     let r = c
         .runtime

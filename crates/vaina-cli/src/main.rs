@@ -10,6 +10,7 @@ mod images;
 mod podconfig;
 mod pods;
 mod stats;
+mod streaming;
 mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -102,8 +103,13 @@ enum Cmd {
     Ps(containers::ListArgs),
     /// Show containers' status (JSON).
     Inspect(containers::IdsArgs),
-    /// Run a command in a running container (ExecSync: output once it ends, its exit code).
+    /// Run a command in a running container, streaming its output (-i stdin, -t terminal;
+    /// -s: ExecSync); exits with the command's exit code.
     Exec(containers::ExecArgs),
+    /// Attach to a running container's stdio (-i stdin, -t for a container with a tty).
+    Attach(streaming::AttachArgs),
+    /// Forward local ports to ports inside a pod's network namespace: POD LOCAL:REMOTE….
+    PortForward(streaming::PortForwardArgs),
     /// Print a container's logs (from the log file the runtime reports).
     Logs(containers::LogsArgs),
 }

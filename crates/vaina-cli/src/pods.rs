@@ -124,6 +124,13 @@ pub async fn run(endpoint: &str, cmd: Cmd) -> Result<()> {
         Cmd::Ps(a) => crate::containers::list(&mut c, a).await?,
         Cmd::Inspect(a) => crate::containers::inspect(&mut c, a).await?,
         Cmd::Exec(a) => crate::containers::exec(&mut c, a).await?,
+        Cmd::Attach(a) => {
+            let code = crate::streaming::attach(&mut c, a).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
+        Cmd::PortForward(a) => crate::streaming::port_forward(&mut c, a).await?,
         Cmd::Logs(a) => crate::containers::logs(&mut c, a).await?,
     }
     Ok(())

@@ -8,6 +8,7 @@ mod image_service;
 mod runtime_service;
 mod stats;
 mod status;
+pub mod streaming;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,15 +21,18 @@ use vaina_runtime::Runtime;
 
 pub use runtime_service::{RUNTIME_NAME, RUNTIME_VERSION};
 
-/// Serves RuntimeService and ImageService on `listener` until `shutdown` resolves.
+/// Serves RuntimeService and ImageService on `listener` until `shutdown` resolves;
+/// Exec/Attach/PortForward hand out URLs of `streams`.
 pub async fn serve(
     runtime: Arc<Runtime>,
+    streams: Arc<vaina_stream::server::StreamServer>,
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime_service::Service::new(
             runtime.clone(),
+            streams,
         )))
         .add_service(ImageServiceServer::new(image_service::Service::new(
             runtime,

@@ -13,6 +13,7 @@ use vaina_runtime::sandbox::SandboxRecord;
 
 use crate::convert;
 use crate::status::{to_status, unimplemented};
+use vaina_stream::server::StreamServer;
 
 pub const RUNTIME_NAME: &str = "vaina";
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -20,11 +21,31 @@ const CRI_VERSION: &str = "v1";
 
 pub struct Service {
     rt: Arc<Runtime>,
+    streams: Arc<StreamServer>,
 }
 
 impl Service {
-    pub fn new(rt: Arc<Runtime>) -> Service {
-        Service { rt }
+    pub fn new(rt: Arc<Runtime>, streams: Arc<StreamServer>) -> Service {
+        Service { rt, streams }
+    }
+
+    /// Exec and attach need a running container, as containerd checks before a URL.
+    fn running_container(&self, id: &str) -> Result<String, Status> {
+        let rec = self.rt.container(id).map_err(to_status)?;
+        if rec.state != vaina_runtime::container::ContainerState::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(rec.id)
+    }
+}
+
+fn stream_request_error(e: vaina_stream::RequestError) -> Status {
+    match e {
+        vaina_stream::RequestError::InvalidArgument(m) => Status::invalid_argument(m),
+        other => Status::resource_exhausted(other.to_string()),
     }
 }
 
@@ -404,23 +425,66 @@ impl RuntimeService for Service {
 
     async fn exec(
         &self,
-        _: Request<cri::ExecRequest>,
+        req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+        let r = req.into_inner();
+        let container_id = self.running_container(&r.container_id)?;
+        let url = self
+            .streams
+            .get_exec(vaina_stream::request::ExecRequest {
+                container_id,
+                cmd: r.cmd,
+                tty: r.tty,
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            })
+            .map_err(stream_request_error)?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _: Request<cri::AttachRequest>,
+        req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+        let r = req.into_inner();
+        let container_id = self.running_container(&r.container_id)?;
+        let url = self
+            .streams
+            .get_attach(vaina_stream::request::AttachRequest {
+                container_id,
+                stdin: r.stdin,
+                tty: r.tty,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            })
+            .map_err(stream_request_error)?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+        let r = req.into_inner();
+        let sandbox = self
+            .rt
+            .get(&self.rt.resolve(&r.pod_sandbox_id).map_err(to_status)?)
+            .map_err(to_status)?;
+        if sandbox.state != vaina_runtime::sandbox::SandboxState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let url = self
+            .streams
+            .get_port_forward(vaina_stream::request::PortForwardRequest {
+                pod_sandbox_id: sandbox.id,
+                ports: r.port,
+            })
+            .map_err(stream_request_error)?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

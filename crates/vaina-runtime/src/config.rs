@@ -28,6 +28,8 @@ pub struct Config {
     /// `<dir>/<registry>/hosts.toml` (mirrors, server, CAs, plain HTTP), or
     /// `<dir>/_default/hosts.toml` for every registry (`/etc/vaina/certs.d`).
     pub registry_config_dir: PathBuf,
+    /// Where the streaming server (exec, attach, port-forward) listens; port 0: any free.
+    pub stream_address: std::net::SocketAddr,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
                 ("runc".into(), "runc".into()),
             ]),
             registry_config_dir: vaina_image::DEFAULT_HOSTS_DIR.into(),
+            stream_address: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }

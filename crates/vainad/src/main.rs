@@ -32,6 +32,10 @@ struct Args {
     /// applies to every registry. Default /etc/vaina/certs.d, or ROOT/certs.d with --root.
     #[arg(long, value_name = "DIR")]
     registry_config_dir: Option<PathBuf>,
+    /// Address of the streaming server that Exec, Attach and PortForward URLs point to
+    /// (TOML key `stream_address`). Default 127.0.0.1:0: loopback, a free port.
+    #[arg(long, value_name = "IP:PORT")]
+    stream_address: Option<std::net::SocketAddr>,
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -64,6 +68,9 @@ fn config(args: &Args) -> Result<Config> {
     if let Some(d) = &args.cni_bin_dir {
         cfg.cni_bin_dirs = std::env::split_paths(d).collect();
     }
+    if let Some(a) = args.stream_address {
+        cfg.stream_address = a;
+    }
     Ok(cfg)
 }
 
@@ -89,6 +96,7 @@ fn main() -> Result<()> {
 
 async fn run(cfg: Config) -> Result<()> {
     let socket = cfg.socket.clone();
+    let stream_address = cfg.stream_address;
     let rt = tokio::task::spawn_blocking(move || Runtime::open(cfg))
         .await?
         .context("open the runtime")?;
@@ -111,8 +119,22 @@ async fn run(cfg: Config) -> Result<()> {
             let _ = tokio::task::spawn_blocking(vaina_runtime::supervisor::reap_orphans).await;
         }
     });
+    let rt = Arc::new(rt);
+    let streams = vaina_stream::StreamServer::start(
+        vaina_stream::ServerConfig {
+            addr: stream_address,
+            ..Default::default()
+        },
+        Arc::new(vaina_cri::streaming::RuntimeStreams(rt.clone())),
+    )
+    .await
+    .with_context(|| format!("start the streaming server on {stream_address}"))?;
+    tracing::info!(
+        url = streams.base_url(),
+        "streaming server (exec, attach, port-forward)"
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(vaina_cri::serve(Arc::new(rt), listener, async {
+    let server = tokio::spawn(vaina_cri::serve(rt, Arc::new(streams), listener, async {
         let _ = stop_rx.await;
     }));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

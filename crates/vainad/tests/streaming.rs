@@ -1,0 +1,302 @@
+//! End to end: the CRI's Exec, Attach and PortForward through vainad's streaming server
+//! (SPDY/3.1, as crictl), with real busybox containers in a pod of a throwaway node. The
+//! server listens on the node netns's loopback, so the clients run inside that netns.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_cri::v1 as cri;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use vaina_stream::client::{ClientOptions, PortForwardClient, remote_command};
+use vaina_stream::runtime::{BoxRead, BoxWrite, StreamIo, TermSize};
+use vaina_testkit::can_run_ns_tests;
+
+/// Output written by a session, readable after it ended.
+#[derive(Clone, Default)]
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Sink {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl tokio::io::AsyncWrite for Sink {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+struct Outcome {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+/// A streaming exec: the CRI call on the daemon's socket, the session inside the node.
+fn exec(
+    d: &Daemon,
+    c: &mut Client,
+    id: &str,
+    cmd: &[&str],
+    stdin: Option<&'static [u8]>,
+    tty: Option<TermSize>,
+) -> Outcome {
+    let url =
+        c.rt.block_on(c.c.runtime.exec(cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: tty.is_some(),
+            stdin: stdin.is_some(),
+            stdout: true,
+            stderr: tty.is_none(),
+        }))
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    session(d, url, stdin, tty)
+}
+
+fn session(
+    d: &Daemon,
+    url: String,
+    stdin: Option<&'static [u8]>,
+    tty: Option<TermSize>,
+) -> Outcome {
+    let (out, err) = (Sink::default(), Sink::default());
+    let (o, e) = (out.clone(), err.clone());
+    let code = d.node.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let resize = tty.map(|size| {
+                let (tx, rx) = mpsc::channel(1);
+                tx.try_send(size).unwrap();
+                // Kept open for the session: a closed resize channel is fine too.
+                std::mem::forget(tx);
+                rx
+            });
+            let io = StreamIo {
+                stdin: stdin.map(|b| Box::new(b) as BoxRead),
+                stdout: Some(Box::new(o) as BoxWrite),
+                stderr: tty.is_none().then(|| Box::new(e) as BoxWrite),
+                tty: tty.is_some(),
+                resize,
+            };
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                remote_command(&url, &ClientOptions::spdy(), io),
+            )
+            .await
+            .expect("session timed out")
+            .expect("session failed")
+        })
+    });
+    Outcome {
+        code,
+        out: out.text(),
+        err: err.text(),
+    }
+}
+
+#[test]
+fn exec_attach_and_port_forward_through_the_streaming_server() {
+    if !can_run_ns_tests() {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox();
+    let mut c = d.client();
+    let pod_cfg = pod_config("stream-pod");
+    let pod = c.run_pod(pod_cfg.clone()).unwrap();
+    // The seed's pod with two containers: a server on the pod's localhost, and a client.
+    let server = c
+        .run_container(
+            &pod,
+            &pod_cfg,
+            container_config(
+                "server",
+                &[
+                    "sh",
+                    "-c",
+                    "echo hola > /tmp/motd; httpd -p 8080 -h /tmp; \
+                     while true; do nc -l -p 7000 < /tmp/motd; done",
+                ],
+            ),
+        )
+        .unwrap();
+    let client = c
+        .run_container(
+            &pod,
+            &pod_cfg,
+            container_config("client", &["sleep", "3600"]),
+        )
+        .unwrap();
+
+    // Output, error output and exit codes as kubelet reports them.
+    let o = exec(
+        &d,
+        &mut c,
+        &client,
+        &["sh", "-c", "echo hi; echo oops >&2; exit 3"],
+        None,
+        None,
+    );
+    assert_eq!(
+        (o.code, o.out.as_str(), o.err.as_str()),
+        (3, "hi\n", "oops\n")
+    );
+    let o = exec(&d, &mut c, &client, &["sh", "-c", "exit 0"], None, None);
+    assert_eq!(o.code, 0);
+    let o = exec(&d, &mut c, &client, &["sh", "-c", "kill -9 $$"], None, None);
+    assert_eq!(o.code, 137);
+    // Stdin, ended by the client's EOF.
+    let o = exec(&d, &mut c, &client, &["cat"], Some(b"abc\n"), None);
+    assert_eq!((o.code, o.out.as_str()), (0, "abc\n"));
+
+    // The seed's exchange over the pod's localhost, through streaming exec: the client
+    // container reads the server container's greeting; binding the held port fails.
+    let o = eventually("the server's greeting", || {
+        let o = exec(
+            &d,
+            &mut c,
+            &client,
+            &["nc", "127.0.0.1", "7000"],
+            None,
+            None,
+        );
+        (o.out == "hola\n").then_some(o)
+    });
+    assert_eq!(o.code, 0);
+    let o = exec(&d, &mut c, &client, &["nc", "-l", "-p", "8080"], None, None);
+    assert_ne!(o.code, 0);
+    assert!(o.err.contains("in use"), "{:?}", o.err);
+
+    // A terminal: the command sees a tty of the client's size.
+    let size = TermSize {
+        width: 123,
+        height: 45,
+    };
+    let o = exec(
+        &d,
+        &mut c,
+        &client,
+        &["sh", "-c", "[ -t 0 ] && echo is-a-tty; busybox stty size"],
+        None,
+        Some(size),
+    );
+    assert_eq!(o.code, 0, "{}", o.out);
+    assert!(
+        o.out.contains("is-a-tty") && o.out.contains("45 123"),
+        "{:?}",
+        o.out
+    );
+
+    // Port-forward: an HTTP request to busybox httpd, connected inside the pod's netns.
+    let url =
+        c.rt.block_on(c.c.runtime.port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        }))
+        .unwrap()
+        .into_inner()
+        .url;
+    let reply = d.node.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let pf = PortForwardClient::connect(&url).await.unwrap();
+            let mut conn = pf.open(8080).await.unwrap();
+            conn.write_all(b"GET /motd HTTP/1.0\r\n\r\n").await.unwrap();
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut reply))
+                .await
+                .expect("port-forward reply timed out")
+                .unwrap();
+            pf.close().await;
+            String::from_utf8_lossy(&reply).into_owned()
+        })
+    });
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.contains("hola"),
+        "{reply:?}"
+    );
+
+    // Attach to a container created with stdin (stdin_once): its output comes back, and
+    // the end of our stdin ends it.
+    let mut cfg = container_config("cat", &["sh", "-c", "cat; echo bye"]);
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let cat = c.run_container(&pod, &pod_cfg, cfg).unwrap();
+    let url =
+        c.rt.block_on(c.c.runtime.attach(cri::AttachRequest {
+            container_id: cat.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        }))
+        .unwrap()
+        .into_inner()
+        .url;
+    let o = session(&d, url, Some(b"ping\n"), None);
+    assert_eq!((o.code, o.out.as_str()), (0, "ping\nbye\n"));
+    let st = eventually("the attached container's exit", || {
+        let st = c.container_status(&cat).unwrap();
+        (st.state == cri::ContainerState::ContainerExited as i32).then_some(st)
+    });
+    assert_eq!(st.exit_code, 0);
+
+    // Bad requests: an unknown container, exec without a command, a stopped container.
+    let unknown = c.rt.block_on(c.c.runtime.exec(cri::ExecRequest {
+        container_id: "nope".into(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    }));
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+    let no_cmd = c.rt.block_on(c.c.runtime.exec(cri::ExecRequest {
+        container_id: client.clone(),
+        stdout: true,
+        ..Default::default()
+    }));
+    assert_eq!(no_cmd.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let exited = c.rt.block_on(c.c.runtime.attach(cri::AttachRequest {
+        container_id: cat.clone(),
+        stdout: true,
+        ..Default::default()
+    }));
+    assert_eq!(exited.unwrap_err().code(), tonic::Code::FailedPrecondition);
+
+    for id in [&server, &client, &cat] {
+        c.remove_container(id).unwrap();
+    }
+    c.remove_pod(&pod).unwrap();
+    assert!(d.mounts().is_empty(), "{:?}", d.mounts());
+    assert_eq!(d.reservations(), 0);
+}
