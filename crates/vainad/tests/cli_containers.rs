@@ -151,14 +151,20 @@ fn cli_runs_a_container_through_its_whole_life_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-    // Without -s: said plainly, then done synchronously anyway.
-    let out = d.vaina(&["exec", &id, "echo", "sync"]);
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "sync\n");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not implemented yet (issue 4)"),
-        "{out:?}"
-    );
+    // Without -s: streamed through the streaming server, which listens on the node's
+    // loopback, so the CLI runs inside the node.
+    let endpoint = d.endpoint();
+    let out = d.node.run(|| {
+        std::process::Command::new(bin_dir().join("vaina"))
+            .args(["--endpoint", &endpoint, "exec", &id, "--"])
+            .args(["sh", "-c", "echo streamed; echo err >&2; exit 4"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "streamed\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
     // logs: the messages of the CRI log file.
     let out = eventually("hola logged", || {
