@@ -73,10 +73,20 @@ impl Runtime {
             return Err(Error::InvalidArgument("exec needs a command".into()));
         }
         let mut c = tokio::process::Command::from(vaina_pod::oci::command(&rec.runtime));
-        c.arg("--root").arg(&rec.runtime_root).arg("exec");
+        let serial = &crate::sandbox::new_id()[..16];
+        // A session that ends early (client gone) kills the process it started.
+        let mut guard = ExecGuard {
+            pid_file: self.config().state_dir.join(format!("exec-{serial}.pid")),
+            done: false,
+        };
+        c.arg("--root")
+            .arg(&rec.runtime_root)
+            .arg("exec")
+            .arg("--pid-file")
+            .arg(&guard.pid_file);
         let console = if io.tty {
             // A short unique name: the runtime connects by path (108-byte limit).
-            let name = format!("exec-{}.sock", &crate::sandbox::new_id()[..16]);
+            let name = format!("exec-{serial}.sock");
             let rx = ConsoleReceiver::listen(&self.config().state_dir.join(name), CONSOLE_TIMEOUT)
                 .map_err(|e| Error::failed("listen on a console socket", e))?;
             c.arg("--tty")
@@ -86,7 +96,9 @@ impl Runtime {
         } else {
             None
         };
-        c.arg(&rec.id).args(&cmd).kill_on_drop(true);
+        // Not kill_on_drop: killing the runtime would orphan the process in the container;
+        // the guard kills that process, the runtime then exits and tokio reaps it.
+        c.arg(&rec.id).args(&cmd);
         if io.tty {
             c.stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -146,6 +158,7 @@ impl Runtime {
                 exit_code(status.map_err(|e| Error::failed("wait for exec", e))?)
             }
         };
+        guard.done = true;
         Ok(code)
     }
 
@@ -320,6 +333,30 @@ impl Runtime {
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(stream))
             .map_err(|e| Error::failed("port-forward socket", e))
+    }
+}
+
+/// Kills the exec'd process (its pid from the runtime's `--pid-file`) if the session is
+/// dropped before it exited; removes the pid file either way.
+struct ExecGuard {
+    pid_file: std::path::PathBuf,
+    done: bool,
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(pid) = std::fs::read_to_string(&self.pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .filter(|p| *p > 0)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 }
 

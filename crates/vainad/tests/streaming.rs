@@ -142,7 +142,7 @@ fn exec_attach_and_port_forward_through_the_streaming_server() {
                 &[
                     "sh",
                     "-c",
-                    "echo hola > /tmp/motd; httpd -p 8080 -h /tmp; \
+                    "echo hola > /tmp/motd; httpd -p 8080 -h /tmp; telnetd -p 2323 -l /bin/sh; \
                      while true; do nc -l -p 7000 < /tmp/motd; done",
                 ],
             ),
@@ -191,6 +191,24 @@ fn exec_attach_and_port_forward_through_the_streaming_server() {
         (o.out == "hola\n").then_some(o)
     });
     assert_eq!(o.code, 0);
+    // And the seed's telnet: a shell of the server container, reached from the client
+    // container over 127.0.0.1, driven through the exec's stdin.
+    let o = eventually("a telnet session", || {
+        let o = exec(
+            &d,
+            &mut c,
+            &client,
+            &[
+                "sh",
+                "-c",
+                "(sleep 1; echo 'echo via-$((40+2))'; sleep 1; echo exit; sleep 1) | telnet 127.0.0.1 2323",
+            ],
+            None,
+            None,
+        );
+        o.out.contains("via-42").then_some(o)
+    });
+    assert!(o.out.contains("via-42"), "{:?}", o.out);
     let o = exec(&d, &mut c, &client, &["nc", "-l", "-p", "8080"], None, None);
     assert_ne!(o.code, 0);
     assert!(o.err.contains("in use"), "{:?}", o.err);
@@ -214,6 +232,44 @@ fn exec_attach_and_port_forward_through_the_streaming_server() {
         "{:?}",
         o.out
     );
+
+    // A client that goes away: the process its exec started is killed, not orphaned.
+    let url =
+        c.rt.block_on(c.c.runtime.exec(cri::ExecRequest {
+            container_id: client.clone(),
+            cmd: vec!["sleep".into(), "1234".into()],
+            stdout: true,
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_inner()
+        .url;
+    d.node.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let io = StreamIo {
+                stdin: None,
+                stdout: Some(Box::new(Sink::default()) as BoxWrite),
+                stderr: None,
+                tty: false,
+                resize: None,
+            };
+            let spdy = ClientOptions::spdy();
+            let session = remote_command(&url, &spdy, io);
+            assert!(
+                tokio::time::timeout(Duration::from_secs(1), session)
+                    .await
+                    .is_err()
+            );
+        })
+    });
+    eventually("the abandoned exec's process to be killed", || {
+        let (ps, _, _) = c.exec(&client, &["ps"]);
+        (!ps.contains("sleep 1234")).then_some(())
+    });
 
     // Port-forward: an HTTP request to busybox httpd, connected inside the pod's netns.
     let url =
@@ -299,4 +355,74 @@ fn exec_attach_and_port_forward_through_the_streaming_server() {
     c.remove_pod(&pod).unwrap();
     assert!(d.mounts().is_empty(), "{:?}", d.mounts());
     assert_eq!(d.reservations(), 0);
+}
+
+/// `vaina exec -it CTR sh` on a real pseudo-terminal, as a user at a terminal runs it: a
+/// shell prompt, a command answered, `exit` ends it with the shell's status, and the
+/// local terminal is restored.
+#[test]
+fn vaina_exec_it_gives_a_working_shell_on_a_terminal() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    if !can_run_ns_tests() {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox();
+    let mut c = d.client();
+    let pod_cfg = pod_config("tty-pod");
+    let pod = c.run_pod(pod_cfg.clone()).unwrap();
+    let ctr = c
+        .run_container(
+            &pod,
+            &pod_cfg,
+            container_config("shell", &["sleep", "3600"]),
+        )
+        .unwrap();
+
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let before = nix::sys::termios::tcgetattr(pty.slave.as_fd()).unwrap();
+    let endpoint = d.endpoint();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = d.node.run(|| {
+        std::process::Command::new(bin_dir().join("vaina"))
+            .args(["--endpoint", &endpoint, "exec", "-it", &ctr, "sh"])
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap())
+            .spawn()
+            .unwrap()
+    });
+    let mut master = std::fs::File::from(pty.master);
+    // Typed input: the remote shell echoes it and answers.
+    std::thread::sleep(Duration::from_millis(500));
+    master.write_all(b"echo $((6*7))-ok\r").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    master.write_all(b"exit 5\r").unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the CLI (the last holder of the slave) has exited.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&out).contains("42-ok") && out.len() > 4096 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let status = eventually("vaina exec -it to exit", || child.try_wait().unwrap());
+    let after = nix::sys::termios::tcgetattr(slave.as_fd()).unwrap();
+    drop(slave);
+    let out = reader.join().unwrap();
+    assert!(out.contains("42-ok"), "{out:?}");
+    assert_eq!(status.code(), Some(5), "{out:?}");
+    assert_eq!(
+        before.local_flags, after.local_flags,
+        "the terminal's mode was not restored"
+    );
+    c.remove_pod(&pod).unwrap();
 }
