@@ -177,6 +177,8 @@ fn measure(
 
     let mut rates = Vec::new();
     for ws in [false, true] {
+        // The sink's `nc` is restarted by its loop after each connection.
+        std::thread::sleep(Duration::from_millis(300));
         let url = rt
             .block_on(c.runtime.port_forward(cri::PortForwardRequest {
                 pod_sandbox_id: pod.into(),
