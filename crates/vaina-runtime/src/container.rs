@@ -597,16 +597,7 @@ impl Runtime {
         cmd: Vec<String>,
         timeout: i64,
     ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
-        let rec = self.container(id)?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::InvalidArgument(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec needs a command".into()));
-        }
+        let rec = self.exec_target(id, &cmd)?;
         let mut c = tokio::process::Command::from(vaina_pod::oci::command(&rec.runtime));
         c.arg("--root")
             .arg(&rec.runtime_root)
@@ -645,6 +636,27 @@ impl Runtime {
             .or_else(|| out.status.signal().map(|s| 128 + s))
             .unwrap_or(-1);
         Ok((out.stdout, out.stderr, code))
+    }
+
+    /// The record of a running container to exec `cmd` in (which must not be empty).
+    pub(crate) fn exec_target(&self, id: &str, cmd: &[String]) -> Result<ContainerRecord> {
+        let rec = self.running_container(id)?;
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec needs a command".into()));
+        }
+        Ok(rec)
+    }
+
+    /// The record of container `id`, which must be running.
+    pub(crate) fn running_container(&self, id: &str) -> Result<ContainerRecord> {
+        let rec = self.container(id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::InvalidArgument(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(rec)
     }
 
     pub fn reopen_container_log(&self, id: &str) -> Result<()> {

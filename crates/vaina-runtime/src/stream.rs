@@ -24,7 +24,6 @@ use tokio::sync::mpsc;
 use vaina_pod::console::ConsoleReceiver;
 use vaina_pod::protocol::{self as sup, Request, Response, attach};
 
-use crate::container::ContainerState;
 use crate::error::{Error, Result};
 use crate::sandbox::Runtime;
 
@@ -62,16 +61,7 @@ impl Runtime {
         cmd: Vec<String>,
         io: ExecIo,
     ) -> Result<i32> {
-        let rec = self.container(id)?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::InvalidArgument(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec needs a command".into()));
-        }
+        let rec = self.exec_target(id, &cmd)?;
         let mut c = tokio::process::Command::from(vaina_pod::oci::command(&rec.runtime));
         let serial = &crate::sandbox::new_id()[..16];
         // A session that ends early (client gone) kills the process it started.
@@ -167,13 +157,7 @@ impl Runtime {
     /// container's output has ended (it exited) or the client went away.
     pub async fn attach_stream(self: &Arc<Self>, id: &str, io: ExecIo) -> Result<()> {
         use tokio::io::{AsyncBufReadExt, BufReader};
-        let rec = self.container(id)?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::InvalidArgument(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        let rec = self.running_container(id)?;
         if io.stdin.is_some() && !rec.config.stdin {
             return Err(Error::InvalidArgument(format!(
                 "container {} was not created with stdin: cannot attach stdin",
