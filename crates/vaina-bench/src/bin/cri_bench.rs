@@ -57,6 +57,7 @@ fn main() -> Result<()> {
         match Containerd::start() {
             Err(e) => println!("\ncontainerd: not benched: {e:#}"),
             Ok(mut d) => {
+                cli_check(&bin_dir, &d);
                 let r = bench(
                     "containerd",
                     &d.endpoint(),
@@ -592,6 +593,103 @@ struct Containerd {
     node: Option<Node>,
     dir: PathBuf,
     child: Option<Child>,
+}
+
+/// The `vaina` CLI against containerd's CRI socket: crictl's verbs, ExecSync, and a
+/// streaming exec through containerd's own (kubelet's) streaming server, which checks
+/// vaina's SPDY client against an implementation it did not write. Printed, not asserted.
+fn cli_check(bin_dir: &Path, d: &Containerd) {
+    println!("\n== vaina CLI against containerd's socket ==");
+    let node = d.node.as_ref().expect("started");
+    let endpoint = d.endpoint();
+    let vaina = bin_dir.join("vaina");
+    let run = |args: &[&str]| -> Result<String> {
+        // Inside the node: containerd's streaming server listens on its 127.0.0.1.
+        let out = node.run(|| {
+            Command::new(&vaina)
+                .arg("--endpoint")
+                .arg(&endpoint)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+        })?;
+        if !out.status.success() {
+            bail!(
+                "exit {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let pod_json = d.dir.join("cli-pod.json");
+    let ctr_json = d.dir.join("cli-ctr.json");
+    let written = std::fs::write(
+        &pod_json,
+        serde_json::json!({
+            "metadata": {"name": "cli-check", "namespace": "default", "uid": "uid-cli-check"},
+            "log_directory": d.dir.join("cli-logs"),
+            "linux": {}
+        })
+        .to_string(),
+    )
+    .and_then(|()| {
+        std::fs::write(
+            &ctr_json,
+            serde_json::json!({
+                "metadata": {"name": "hola"},
+                "image": {"image": BUSYBOX},
+                "command": ["sh", "-c", "echo hola; exec sleep 3600"],
+                "log_path": "hola.log"
+            })
+            .to_string(),
+        )
+    });
+    if let Err(e) = written {
+        println!("  cannot write the configs: {e}");
+        return;
+    }
+    let (pod, ctr) = (pod_json.to_string_lossy(), ctr_json.to_string_lossy());
+    let mut pod_id = String::new();
+    let mut steps: Vec<(&str, Result<String>)> = vec![
+        ("version", run(&["version"])),
+        ("info", run(&["info"])),
+        ("images", run(&["images"])),
+    ];
+    match run(&["runp", &pod]) {
+        Ok(id) => {
+            pod_id = id.trim().to_string();
+            steps.push(("runp", Ok(pod_id.clone())));
+        }
+        Err(e) => steps.push(("runp", Err(e))),
+    }
+    if !pod_id.is_empty() {
+        let created = run(&["create", &pod_id, &ctr, &pod]).map(|s| s.trim().to_string());
+        if let Ok(c) = &created {
+            steps.push(("start", run(&["start", c])));
+            steps.push(("ps", run(&["ps"])));
+            steps.push(("exec -s", run(&["exec", "-s", c, "echo", "sync"])));
+            steps.push((
+                "exec (streaming SPDY)",
+                run(&["exec", c, "echo", "streamed"]),
+            ));
+            steps.push(("logs", run(&["logs", c])));
+            steps.push(("stop", run(&["stop", c])));
+            steps.push(("rm", run(&["rm", c])));
+        }
+        steps.push(("create", created));
+        steps.push(("stopp", run(&["stopp", &pod_id])));
+        steps.push(("rmp", run(&["rmp", &pod_id])));
+    }
+    for (step, r) in steps {
+        match r {
+            Ok(out) => {
+                let first = out.lines().next().unwrap_or("").trim();
+                println!("  ok   {step:<22} {first}");
+            }
+            Err(e) => println!("  FAIL {step:<22} {e:#}"),
+        }
+    }
 }
 
 fn run_show(cmd: &mut Command) -> Result<String> {
