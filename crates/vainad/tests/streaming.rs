@@ -218,20 +218,25 @@ fn exec_attach_and_port_forward_through_the_streaming_server() {
         width: 123,
         height: 45,
     };
-    let o = exec(
-        &d,
-        &mut c,
-        &client,
-        &["sh", "-c", "[ -t 0 ] && echo is-a-tty; busybox stty size"],
-        None,
-        Some(size),
-    );
+    // The size travels on its own stream, so it may land just after the command starts
+    // (kubelet's protocol has the same race): the command waits a little, and a run that
+    // still lost the race is repeated.
+    let o = eventually("a terminal of the client's size", || {
+        let o = exec(
+            &d,
+            &mut c,
+            &client,
+            &[
+                "sh",
+                "-c",
+                "sleep 0.5; [ -t 0 ] && echo is-a-tty; busybox stty size",
+            ],
+            None,
+            Some(size),
+        );
+        (o.out.contains("is-a-tty") && o.out.contains("45 123")).then_some(o)
+    });
     assert_eq!(o.code, 0, "{}", o.out);
-    assert!(
-        o.out.contains("is-a-tty") && o.out.contains("45 123"),
-        "{:?}",
-        o.out
-    );
 
     // A client that goes away: the process its exec started is killed, not orphaned.
     let url =
