@@ -431,3 +431,72 @@ fn vaina_exec_it_gives_a_working_shell_on_a_terminal() {
     );
     c.remove_pod(&pod).unwrap();
 }
+
+/// `vaina port-forward POD LOCAL:REMOTE`: a local port inside the node reaches busybox
+/// httpd in the pod, and Ctrl-C ends the command cleanly.
+#[test]
+fn vaina_port_forward_serves_a_local_port_until_interrupted() {
+    use std::io::{Read, Write};
+    if !can_run_ns_tests() {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox();
+    let mut c = d.client();
+    let pod_cfg = pod_config("pf-pod");
+    let pod = c.run_pod(pod_cfg.clone()).unwrap();
+    let web = c
+        .run_container(
+            &pod,
+            &pod_cfg,
+            container_config(
+                "web",
+                &[
+                    "sh",
+                    "-c",
+                    "echo hola > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+                ],
+            ),
+        )
+        .unwrap();
+    let endpoint = d.endpoint();
+    let mut child = d.node.run(|| {
+        std::process::Command::new(bin_dir().join("vaina"))
+            .args(["--endpoint", &endpoint, "port-forward", &pod, "18080:80"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    let reply = eventually("an HTTP answer through the forward", || {
+        d.node.run(|| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", 18080)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).ok()?;
+            reply.contains("hola").then_some(reply)
+        })
+    });
+    assert!(reply.starts_with("HTTP/1."), "{reply:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = eventually("vaina port-forward to exit", || child.try_wait().unwrap());
+    assert!(status.success(), "{status}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        out.contains("Forwarding from 127.0.0.1:18080 -> 80"),
+        "{out:?}"
+    );
+    c.remove_container(&web).unwrap();
+    c.remove_pod(&pod).unwrap();
+}
