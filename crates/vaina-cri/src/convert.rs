@@ -100,6 +100,16 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         mounts: r.config.mounts.clone(),
         log_path: r.log_path.display().to_string(),
         image_id: r.image_id.clone(),
+        // As created, or as the last UpdateContainerResources left them.
+        resources: r
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| cri::ContainerResources {
+                linux: Some(linux),
+                ..Default::default()
+            }),
         ..Default::default()
     }
 }

@@ -396,6 +396,13 @@ fn update_container_resources_changes_the_cgroup_and_refuses_bad_values() {
             128u64 << 20,
             "{rec}"
         );
+        // And reported by ContainerStatus.
+        let st = c.container_status(&ctr).unwrap();
+        let limit_seen = st
+            .resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes);
+        assert_eq!(limit_seen, Some(128 << 20));
 
         for (bad, what) in [
             (
