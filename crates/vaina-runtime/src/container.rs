@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::ContainerConfig;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 use serde::{Deserialize, Serialize};
 use vaina_pod::protocol::{self as sup, Client, Request, Response};
 
@@ -327,22 +327,11 @@ impl Runtime {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| Error::failed(format!("create {}", dir.join(sub).display()), e))?;
         }
-        let lowerdir = lowers
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":");
-        let opts = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
+        crate::overlay::mount(
             &rec.rootfs(self),
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
+            &lowers,
+            &dir.join("upper"),
+            &dir.join("work"),
         )
         .map_err(|e| Error::failed("mount the container's overlay rootfs", e))?;
 

@@ -7,6 +7,7 @@
 //! - [`supervisor`]: launching and stopping a pod's `vaina-pod` process.
 //! - [`sandbox`]: RunPodSandbox, Stop, Remove, Status, List, and recovery after a restart.
 //! - [`container`]: Create/Start/Stop/Remove containers, status, ExecSync.
+//! - [`overlay`]: a container's overlayfs rootfs, with any number of image layers.
 //! - [`spec`]: the OCI runtime spec of a container.
 //! - [`stream`]: the runtime side of streaming exec (pipes or a TTY) and port-forward.
 //!
@@ -19,6 +20,7 @@ pub mod container;
 pub mod devices;
 pub mod error;
 pub mod network;
+pub mod overlay;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
