@@ -99,11 +99,16 @@ impl Daemon {
                 .expect("spawn vainad")
         });
         self.child = Some(child);
+        // Ready means accepting connections on its socket; a daemon that exits on the way
+        // fails here with its exit status rather than later with "connection refused".
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("vainad exited during start-up: {status}");
+            }
             assert!(
                 Instant::now() < deadline,
-                "vainad did not create its socket"
+                "vainad did not accept connections on its socket"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
