@@ -625,7 +625,7 @@ pub(crate) fn force_delete(spec: &CreateSpec, pid: Option<Pid>) {
     if let Some(pid) = pid {
         let _ = kill(pid, Signal::SIGKILL);
     }
-    let child = crate::oci::command(&spec.runtime)
+    let child = crate::oci::command_without_cgroups(&spec.runtime)
         .arg("--root")
         .arg(&spec.runtime_root)
         .arg("delete")

@@ -64,12 +64,9 @@ impl ContainerRecord {
 }
 
 /// Runs an OCI runtime command and returns its stdout; an error carries its stderr.
-/// `start`, `kill` and `delete`: they set up no cgroup, so crun runs them as is even on
-/// the hybrid-cgroup hosts where `create`/`exec`/`update` need `vaina_pod::oci::command`'s
-/// v1 view (checked: `delete --force` kills the container and removes its v1 cgroups).
-/// Without a `pre_exec` hook, std spawns with posix_spawn instead of forking the daemon.
+/// `start`, `kill` and `delete` (see `vaina_pod::oci::command_without_cgroups`).
 fn oci(runtime: &Path, root: &Path, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(runtime)
+    let out = vaina_pod::oci::command_without_cgroups(runtime)
         .arg("--root")
         .arg(root)
         .args(args)

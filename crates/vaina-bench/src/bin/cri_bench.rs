@@ -538,7 +538,7 @@ impl Vaina {
                 for e in rd.flatten() {
                     let id = e.file_name().to_string_lossy().into_owned();
                     println!("vaina: leftover {rt} container {id}, deleting");
-                    let _ = vaina_pod::oci::command(Path::new(rt))
+                    let _ = vaina_pod::oci::command_without_cgroups(Path::new(rt))
                         .arg("--root")
                         .arg(&state)
                         .args(["delete", "--force", &id])
